@@ -1,0 +1,511 @@
+"""Typed configuration: dataclasses loaded from YAML, with ``--set a.b=value`` overrides.
+
+One YAML file describes one job (``xdist prepare``, ``xdist train`` and ``xdist eval`` all read the same
+file). Every section is a dataclass below; each field carries its documentation as the string right
+under it. Loading is strict: an unknown key, a wrong type or an out-of-range value raises
+:class:`ConfigError` naming the dotted field (``train.lr``) and what was expected.
+
+Strings may reference environment variables as ``${VAR}`` or ``${VAR:-default}``; they are expanded
+when the file is loaded, so a recipe can say ``root: ${XDIST_DATA:-../shared/data}``.
+
+DeepSpeed settings are *not* re-invented here: ``train.deepspeed`` points at a standard DeepSpeed JSON
+file (``configs/deepspeed/zero2.json``...) whose ``"auto"`` values are filled from this config, the way
+Hugging Face's Trainer does it (see :mod:`xdist.engine`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, mistyped or out of range. The message names the field."""
+
+
+def _fail(path: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"config field '{path}': {message}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceConfig:
+    """One raw QA data source: a SQuAD-v1.1-format file (or a family of them) and its languages."""
+
+    name: str
+    """Short name used in manifests, metrics and TensorBoard tags (``xquad``, ``tydiqa-en``)."""
+
+    format: Literal["squad", "xquad", "mlqa", "tydiqa"] = "squad"
+    """File family. All are SQuAD v1.1 JSON; they differ in how languages are found:
+    ``xquad``: ``xquad.<lang>.json`` in directory ``path``, parallel ids across languages;
+    ``mlqa``: ``*-context-<c>-question-<q>.json`` files in ``path`` (MLQA's distributed names);
+    ``tydiqa``: ``tydiqa.goldp.<lang>.<split>.json`` (language from the name, or ``language``);
+    ``squad``: one file, languages from ``language``."""
+
+    path: str = ""
+    """File, directory or http(s) URL, relative to ``data.root`` unless absolute."""
+
+    language: str | None = None
+    """Language of question and context for single-language files (overrides the file name)."""
+
+    languages: list[str] | None = None
+    """For ``xquad``/``mlqa``: the languages to load (None = every language found)."""
+
+    pairs: str = "diagonal"
+    """For parallel sources: which (question language, context language) cells to build.
+    ``diagonal`` (monolingual), ``all`` (every ordered pair: the G-XLT matrix), or a comma-separated
+    list such as ``en-de,de-en``."""
+
+    articles: Literal["all", "train", "eval"] = "all"
+    """Which side of the article-title split (``data.title_split``) to keep. XQuAD is parallel, so any
+    use of it for training must split by article, never by question."""
+
+    max_examples: int | None = None
+    """Keep at most this many examples per (question, context) cell (None = all); for quick runs."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            _fail("name", "expected a non-empty string")
+        if not self.path:
+            _fail("path", "expected a file, directory or URL")
+        if self.max_examples is not None and self.max_examples <= 0:
+            _fail("max_examples", f"expected a positive integer or null, got {self.max_examples}")
+        if self.pairs not in ("diagonal", "all"):
+            for cell in self.pairs.split(","):
+                if not re.fullmatch(r"[a-z]{2,3}-[a-z]{2,3}", cell.strip()):
+                    _fail("pairs", f"expected 'diagonal', 'all' or 'q-c,q-c,...', got {self.pairs!r}")
+
+
+@dataclass
+class TitleSplitConfig:
+    """Deterministic split of articles into train and eval by title (stable across languages)."""
+
+    eval_fraction: float = 0.25
+    """Fraction of article titles held out for evaluation."""
+
+    seed: int = 0
+    """Seed of the split; the assignment is a hash of (seed, title), so it never depends on file order."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            _fail("eval_fraction", f"expected a number in (0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class FeatureConfig:
+    """How examples become fixed-length token features (SQuAD-style sliding windows)."""
+
+    tokenizer: str = "${XDIST_DATA:-../shared/data}/tokenizers/mbert-cased"
+    """Local directory of a Hugging Face *fast* tokenizer (``tokenizer.json``)."""
+
+    max_length: int = 384
+    """Tokens per feature: ``[CLS] question [SEP] context-window [SEP]`` plus padding."""
+
+    doc_stride: int = 128
+    """Overlap, in tokens, between consecutive windows of a long context."""
+
+    max_query_length: int = 64
+    """Questions longer than this many tokens are truncated."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "doc_stride", "max_query_length"):
+            if getattr(self, name) <= 0:
+                _fail(name, f"expected a positive integer, got {getattr(self, name)}")
+        if self.max_query_length + self.doc_stride + 3 >= self.max_length:
+            _fail(
+                "doc_stride",
+                f"max_query_length ({self.max_query_length}) + doc_stride ({self.doc_stride}) + 3 special "
+                f"tokens must be < max_length ({self.max_length})",
+            )
+
+
+@dataclass
+class DataConfig:
+    """Raw sources, the article split, and where shards are written and read."""
+
+    root: str = "${XDIST_DATA:-../shared/data}"
+    """Directory (or URL prefix) that relative source paths are resolved against."""
+
+    train: list[SourceConfig] = field(default_factory=list)
+    """Sources written to the training shards by ``xdist prepare``."""
+
+    title_split: TitleSplitConfig = field(default_factory=TitleSplitConfig)
+    """The article split used by sources with ``articles: train|eval``."""
+
+    shards: str = "runs/shards"
+    """Directory of the training shards and their ``manifest.json``."""
+
+    samples_per_shard: int = 1000
+    """Features per ``.tar`` shard. Use at least world_size x num_workers shards."""
+
+    bad_records: Literal["error", "skip"] = "error"
+    """What a malformed record (e.g. an answer offset that does not match its text) does: stop with an
+    error naming file and record, or be skipped, counted and reported in the manifest and the log."""
+
+    num_workers: int = 1
+    """DataLoader worker processes per rank reading the shards."""
+
+    shuffle_buffer: int = 1000
+    """Per-reader shuffle buffer (samples), on top of the per-epoch shard permutation."""
+
+    uneven: Literal["repeat", "refuse"] = "repeat"
+    """When ranks would receive unequal numbers of batches: ``repeat`` pads the short readers with a
+    re-shuffled repeat of their own samples (counted and logged) so every rank takes the same number of
+    steps; ``refuse`` stops at start with an error explaining the imbalance."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard <= 0:
+            _fail("samples_per_shard", f"expected a positive integer, got {self.samples_per_shard}")
+        if self.num_workers < 0:
+            _fail("num_workers", f"expected >= 0, got {self.num_workers}")
+        if self.shuffle_buffer < 1:
+            _fail("shuffle_buffer", f"expected >= 1, got {self.shuffle_buffer}")
+
+
+@dataclass
+class ModelConfig:
+    """The QA model: a ``transformers`` architecture built from a config, or a local checkpoint."""
+
+    checkpoint: str | None = None
+    """Local directory of a ``save_pretrained`` checkpoint to start from (None = random init)."""
+
+    model_type: str = "bert"
+    """``transformers`` model type for random init (``bert``, ``xlm-roberta``, ...)."""
+
+    architecture: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the ``transformers`` config for random init (``hidden_size``, ``num_hidden_layers``,
+    ...). Every key must be an attribute of that config class. ``vocab_size`` defaults to the tokenizer's."""
+
+    dropout: float | None = None
+    """If set, overrides hidden and attention dropout of the model config."""
+
+    def __post_init__(self) -> None:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            _fail("dropout", f"expected a probability in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, DeepSpeed and the training schedule."""
+
+    deepspeed: str = "configs/deepspeed/zero2.json"
+    """Standard DeepSpeed JSON file; its ``"auto"`` values are filled from the fields below."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision. fp16 needs a GPU (DeepSpeed refuses it on CPU)."""
+
+    micro_batch_size: int = 8
+    """Features per rank per forward pass."""
+
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step. Global batch = micro x accumulation x world size."""
+
+    lr: float = 5e-5
+    """Peak learning rate (AdamW)."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+
+    warmup_ratio: float = 0.0
+    """Fraction of optimizer steps of linear warm-up before the linear decay to zero."""
+
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0 disables)."""
+
+    epochs: int = 1
+    """Passes over the training shards (one epoch = the equalised per-rank batch count)."""
+
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (None = run all epochs). The LR schedule spans this."""
+
+    seed: int = 42
+    """Seed of model init, shuffling and dropout."""
+
+    output_dir: str = "runs/default"
+    """Where checkpoints, the exported model, metrics and TensorBoard logs go."""
+
+    log_every: int = 10
+    """Optimizer steps between TensorBoard/console logs."""
+
+    eval_every: int | None = None
+    """Optimizer steps between evaluations (None = only at the end)."""
+
+    checkpoint_every: int | None = None
+    """Optimizer steps between DeepSpeed checkpoints (None = only at the end)."""
+
+    keep_last: int = 2
+    """DeepSpeed checkpoints kept on disk (older ones are deleted)."""
+
+    export: bool = True
+    """Write a Hugging Face ``save_pretrained`` checkpoint (safetensors) at the end."""
+
+    def __post_init__(self) -> None:
+        positive = ("micro_batch_size", "gradient_accumulation_steps", "epochs", "log_every", "keep_last")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                _fail(name, f"expected a positive integer, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                _fail(name, f"expected a positive integer or null, got {value}")
+        if self.lr <= 0:
+            _fail("lr", f"expected a positive number, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            _fail("warmup_ratio", f"expected a number in [0, 1), got {self.warmup_ratio}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            _fail("adam_betas", f"expected two numbers in [0, 1), got {self.adam_betas}")
+        if self.max_grad_norm < 0:
+            _fail("max_grad_norm", f"expected >= 0, got {self.max_grad_norm}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation sets and SQuAD-style decoding."""
+
+    sets: list[SourceConfig] = field(default_factory=list)
+    """Evaluation sources; each yields one EM/F1 cell per (question language, context language)."""
+
+    n_best: int = 20
+    """Start and end candidates considered per feature when decoding spans."""
+
+    max_answer_length: int = 30
+    """Longest answer span, in tokens."""
+
+    batch_size: int = 32
+    """Features per rank per evaluation forward pass."""
+
+    heatmap: bool = True
+    """Write a G-XLT heatmap PNG (and log it to TensorBoard)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_best", "max_answer_length", "batch_size"):
+            if getattr(self, name) <= 0:
+                _fail(name, f"expected a positive integer, got {getattr(self, name)}")
+
+
+@dataclass
+class JobConfig:
+    """A whole job: data → features → shards → model → DeepSpeed training → evaluation."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Raw sources, article split and shards."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    """Tokenisation into sliding-window features."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model construction or checkpoint."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and schedule."""
+
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation sets and decoding."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, path: str = "") -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset variable without a default is an error."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        _fail(path, f"environment variable ${{{name}}} is not set and has no default (${{{name}:-...}})")
+
+    return _ENV_PATTERN.sub(replace, value)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against type ``tp`` (dataclass, Literal, list, dict, Optional, scalars)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            _fail(path, f"expected {_type_name(tp)}, got null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        _fail(path, f"expected {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            _fail(path, f"expected one of {list(allowed)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            _fail(path, f"expected a list, got {type(value).__name__} {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+        key_type, item_type = typing.get_args(tp)
+        return {_coerce(k, key_type, path): _coerce(v, item_type, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return _expand_all(value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(path, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(path, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            # YAML reads 5e-5 (no dot) as a string; accept numeric strings for floats only.
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            _fail(path, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(path, f"expected a string, got {type(value).__name__} {value!r}")
+        return expand_env(value, path)
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def _expand_all(value: Any, path: str) -> Any:
+    if isinstance(value, str):
+        return expand_env(value, path)
+    if isinstance(value, list):
+        return [_expand_all(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand_all(v, f"{path}.{k}") for k, v in value.items()}
+    return value
+
+
+def build(cls: type, raw: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly (unknown keys and wrong types are errors)."""
+    prefix = f"{path}." if path else ""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        _fail(path or cls.__name__, f"expected a mapping of {cls.__name__} fields, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        _fail(f"{prefix}{unknown[0]}", f"unknown key; {cls.__name__} accepts {sorted(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
+    for name in fields:
+        # Absent sections are built through the same path, so their defaults get ${VAR} expansion.
+        if name not in kwargs and dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = build(hints[name], {}, f"{prefix}{name}")
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        _fail(f"{prefix}{missing[0]}", "required field is missing")
+    try:
+        obj = cls(**kwargs)
+    except ConfigError as err:
+        # Field validators name only their own field; prefix the section path.
+        message = str(err)
+        raise ConfigError(message.replace("config field '", f"config field '{prefix}", 1)) from None
+    # Defaults may contain ${VAR} too (e.g. the data root); expand them like loaded values.
+    for name in fields:
+        if name not in kwargs and isinstance(getattr(obj, name), str):
+            setattr(obj, name, expand_env(getattr(obj, name), f"{prefix}{name}"))
+    return obj
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override to a raw mapping; the value is parsed as YAML.
+
+    A numeric part indexes a list of sections: ``eval.sets.0.max_examples=50``.
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. train.lr=3e-5")
+    key, text = assignment.split("=", 1)
+    value = yaml.safe_load(text) if text != "" else ""
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {assignment!r}: '{where}' must index the list (0..{len(node) - 1})")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: '{'.'.join(parts[:i])}' is not a section")
+        if last:
+            node[part] = value
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> JobConfig:
+    """Load a job config from YAML (or defaults when ``path`` is None) and apply ``--set`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r}: expected a mapping at top level")
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return build(JobConfig, raw)
+
+
+def to_dict(config: Any) -> dict:
+    """The config as plain data (for manifests, fingerprints, TensorBoard hparams)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,114 @@
+"""``xdist`` command line: ``prepare``, ``train``, ``eval``, ``bench``.
+
+Thin on purpose: parse arguments, load the config, call the layer that does the work.
+
+Process model for ``train`` and ``eval``:
+- plain ``xdist train CONFIG`` runs one process (no launcher needed);
+- ``--nproc N`` starts N local ranks itself through ``torch.distributed.run --standalone``;
+- inside an existing ``torchrun`` / ``deepspeed`` launch (``RANK``/``WORLD_SIZE`` set, or the
+  ``--local_rank`` argument the ``deepspeed`` launcher appends) it simply joins the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+# Set before torch/deepspeed import so every rank inherits them (see docs in README "Environment").
+_CPU_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML job config (see configs/)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.lr=3e-5 (repeatable)",
+    )
+
+
+def _launch_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, default=None, help="start N local ranks (torchrun --standalone)")
+    # The deepspeed launcher appends --local_rank=<n>; LOCAL_RANK in the environment is what we use.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xdist", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="read raw data, tokenise, write webdataset shards + manifest")
+    _common(p)
+    p.add_argument("--overwrite", action="store_true", help="rebuild shards even if a manifest exists")
+
+    p = sub.add_parser("train", help="train with DeepSpeed on the prepared shards")
+    _common(p)
+    _launch_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the config's eval sets (EM/F1, G-XLT)")
+    _common(p)
+    _launch_args(p)
+    p.add_argument("--checkpoint", required=True, help="exported Hugging Face model directory")
+    p.add_argument("--out", default=None, help="report directory (default: <checkpoint>/eval)")
+
+    p = sub.add_parser("bench", help="stream and training throughput of a config (prints a table)")
+    _common(p)
+    p.add_argument("--nproc", type=int, default=2, help="ranks for the training measurement")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps to time")
+    return parser
+
+
+def _in_launch() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
+    """Re-run this command under torchrun with ``args.nproc`` local ranks and wait for it."""
+    forwarded = [a for a in argv if not a.startswith("--nproc")]
+    # drop the value that followed a separate "--nproc N"
+    if "--nproc" in argv:
+        i = argv.index("--nproc")
+        forwarded = argv[:i] + argv[i + 2 :]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+        "-m", "xdist.cli", *forwarded,
+    ]
+    env = {**_CPU_ENV, **os.environ}
+    return subprocess.call(command, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    for key, value in _CPU_ENV.items():
+        os.environ.setdefault(key, value)
+
+    if args.command in ("train", "eval") and args.nproc and not _in_launch():
+        return _relaunch(args, argv)
+
+    from xdist.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "prepare":
+        from xdist.data.prepare import prepare
+
+        prepare(cfg, overwrite=args.overwrite)
+    elif args.command == "train":
+        from xdist.train import train
+
+        train(cfg, resume=args.resume)
+    elif args.command == "eval":
+        from xdist.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(cfg, args.checkpoint, out_dir=args.out)
+    elif args.command == "bench":
+        from xdist.bench import run_bench
+
+        run_bench(cfg, args.config, args.overrides, nproc=args.nproc, steps=args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Model-level evaluation: eval sets → features → distributed forward → decode → EM/F1 per cell.
+
+Every rank reads and featurises the evaluation sets (deterministic, so no broadcast is needed), runs
+the forward pass on its share of the features, and the main rank gathers the logits, decodes answers,
+scores the (question language, context language) cells and writes ``metrics.json``, per-cell
+prediction files and the G-XLT heatmap. Under ZeRO-3 every rank must take part in every forward
+pass, so the shares are padded to equal length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from tqdm.auto import tqdm
+
+from xdist.config import JobConfig
+from xdist.data.examples import QAExample, QAFeature
+from xdist.data.features import featurize
+from xdist.data.readers import read_source
+from xdist.distributed import DistEnv
+from xdist.evaluation import decode_predictions, heatmap_image, score_predictions, write_report
+
+log = logging.getLogger("xdist.eval")
+
+
+@dataclass
+class EvalSet:
+    """One evaluation source, read and featurised."""
+
+    name: str
+    examples: list[QAExample]
+    features: list[QAFeature]
+
+
+def _feature_tensors(features: list[QAFeature], device: torch.device) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.tensor([f.input_ids for f in features], dtype=torch.long, device=device),
+        "attention_mask": torch.tensor([f.attention_mask for f in features], dtype=torch.long, device=device),
+        "token_type_ids": torch.tensor([f.token_type_ids for f in features], dtype=torch.long, device=device),
+    }
+
+
+class QAEvaluator:
+    """Evaluates a QA model on ``cfg.eval.sets``, on every rank of the job."""
+
+    def __init__(self, cfg: JobConfig, tokenizer: Any, dist: DistEnv):
+        self.cfg = cfg
+        self.dist = dist
+        self.sets: list[EvalSet] = []
+        for source in cfg.eval.sets:
+            read = read_source(source, cfg.data)
+            if read.skipped.total:
+                log.warning("eval set %s: %s", source.name, read.skipped.summary())
+            featurized = featurize(read.examples, tokenizer, cfg.features)
+            self.sets.append(EvalSet(source.name, read.examples, featurized.features))
+            log.info(
+                "eval set %s: %d examples, %d features, %d cells",
+                source.name, len(read.examples), len(featurized.features),
+                len({e.cell for e in read.examples}),
+            )
+
+    @torch.no_grad()
+    def predict(self, forward: Callable[..., Any], features: list[QAFeature]) -> tuple[np.ndarray, np.ndarray]:
+        """Start/end logits [n_features, L] on the main rank (empty arrays elsewhere)."""
+        dist, batch_size = self.dist, self.cfg.eval.batch_size
+        n = len(features)
+        per_rank = math.ceil(n / dist.world_size)
+        # Pad every rank's share to the same length by repeating its last index: ZeRO-3 needs every
+        # rank in every forward; the padded rows are dropped when the main rank reassembles.
+        mine = list(range(dist.rank, n, dist.world_size)) or [0]
+        mine += [mine[-1]] * (per_rank - len(mine))
+        starts, ends = [], []
+        batches = range(0, per_rank, batch_size)
+        for lo in tqdm(batches, desc="eval", disable=not dist.is_main, leave=False):
+            idx = mine[lo : lo + batch_size]
+            outputs = forward(**_feature_tensors([features[i] for i in idx], dist.device))
+            starts.append(outputs.start_logits.float().cpu().numpy())
+            ends.append(outputs.end_logits.float().cpu().numpy())
+        length = len(features[0].input_ids) if features else 0
+        start = np.concatenate(starts) if starts else np.zeros((0, length), np.float32)
+        end = np.concatenate(ends) if ends else np.zeros((0, length), np.float32)
+        shares = [(mine, start, end)]
+        if dist.world_size > 1:
+            shares = [None] * dist.world_size
+            torch_dist.all_gather_object(shares, (mine, start, end))
+        if not dist.is_main:
+            return np.zeros((0, length), np.float32), np.zeros((0, length), np.float32)
+        all_start = np.zeros((n, length), np.float32)
+        all_end = np.zeros((n, length), np.float32)
+        for indices, s, e in shares:
+            all_start[indices] = s
+            all_end[indices] = e
+        return all_start, all_end
+
+    def run(self, model: Any, out_dir: Path, *, step: int = 0, monitor: Any = None) -> dict[str, Any] | None:
+        """Evaluate every set; write reports under ``out_dir``; return the metrics dict on the main rank."""
+        forward = model.forward if hasattr(model, "forward") else model
+        results = {}
+        for eval_set in self.sets:
+            start, end = self.predict(forward, eval_set.features)
+            if not self.dist.is_main:
+                continue
+            predictions = decode_predictions(
+                eval_set.examples, eval_set.features, start, end,
+                n_best=self.cfg.eval.n_best, max_answer_length=self.cfg.eval.max_answer_length,
+            )
+            results[eval_set.name] = score_predictions(eval_set.examples, predictions)
+            results[eval_set.name].predictions = predictions
+        if not self.dist.is_main:
+            return None
+        metrics = write_report(results, out_dir, heatmap=self.cfg.eval.heatmap)
+        if monitor is not None:
+            self._log(monitor, results, step)
+        return metrics
+
+    def _log(self, monitor: Any, results: dict[str, Any], step: int) -> None:
+        for name, result in results.items():
+            scalars = {f"eval/{name}/gxlt_f1": result.gxlt_f1, f"eval/{name}/gxlt_em": result.gxlt_em,
+                       f"eval/{name}/xlt_f1": result.xlt_f1, f"eval/{name}/xlt_em": result.xlt_em}
+            for cell in result.cells:
+                scalars[f"eval_cells/{name}/{cell.question_lang}-{cell.context_lang}/f1"] = cell.f1
+                scalars[f"eval_cells/{name}/{cell.question_lang}-{cell.context_lang}/em"] = cell.em
+            monitor.scalars(step, scalars)
+            if self.cfg.eval.heatmap:
+                monitor.image(f"eval/{name}/gxlt_heatmap", heatmap_image(result, title=name), step)
+        monitor.flush()
+
+
+def evaluate_checkpoint(cfg: JobConfig, checkpoint: str, *, out_dir: str | None = None) -> dict[str, Any] | None:
+    """``xdist eval``: load an exported Hugging Face QA checkpoint and evaluate it on ``cfg.eval.sets``.
+
+    Runs on every rank of the job (each rank forwards a share of the features); the main rank writes
+    the report to ``out_dir`` (default ``<checkpoint>/eval``) and returns the metrics.
+    """
+    from transformers import AutoModelForQuestionAnswering
+
+    from xdist.data.features import load_tokenizer
+    from xdist.distributed import setup_distributed
+    from xdist.monitor import setup_logging
+
+    if not cfg.eval.sets:
+        raise ValueError("config field 'eval.sets': nothing to evaluate; add at least one source")
+    path = Path(checkpoint)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {checkpoint!r}: expected an exported model directory with config.json "
+            "(train writes one to <output_dir>/export)"
+        )
+    dist = setup_distributed()
+    setup_logging(dist.rank)
+    tokenizer = load_tokenizer(cfg.features.tokenizer)
+    model = AutoModelForQuestionAnswering.from_pretrained(path, local_files_only=True).to(dist.device).eval()
+    evaluator = QAEvaluator(cfg, tokenizer, dist)
+    out = Path(out_dir) if out_dir else path / "eval"
+    metrics = evaluator.run(model, out)
+    if dist.is_main and metrics:
+        for name, summary in metrics.get("summary", {}).items():
+            log.info("%s: %s", name, summary)
+        log.info("report written to %s", out)
+    return metrics

@@ -1,0 +1,261 @@
+"""The training loop, top to bottom: shards → method → DeepSpeed engine → monitor → eval/checkpoint.
+
+Run it through the CLI (``xdist train CONFIG``): in one process, with ``--nproc N`` local ranks, or
+inside a ``torchrun``/``deepspeed`` launch on many nodes. Every rank runs this same function.
+
+Invariants the loop relies on:
+- every rank gets the same number of micro-batches per epoch, each with exactly ``micro_batch_size``
+  rows (:class:`xdist.data.stream.TrainStream` guarantees it, or refuses at start), so no rank waits
+  forever in a collective and a per-micro-batch mean loss is the exact global mean;
+- DeepSpeed scales each micro-batch's loss by 1/GA in ``backward`` and averages gradients over ranks;
+- checkpoints are taken only at optimizer-step boundaries and carry the stream position, the method
+  state and every rank's RNG state, so a resumed run continues with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+import yaml
+
+from xdist.config import JobConfig, to_dict
+from xdist.data.features import load_tokenizer
+from xdist.data.stream import TrainStream
+from xdist.distributed import DistEnv, setup_distributed
+from xdist.engine import Engine, resolve_deepspeed_config
+from xdist.evaluate import QAEvaluator
+from xdist.methods import build_method
+from xdist.models import build_qa_model
+from xdist.monitor import Monitor, Throughput, flatten, setup_logging
+
+log = logging.getLogger("xdist.train")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (on every rank; metrics only on the main rank)."""
+
+    steps: int
+    losses: list[float]
+    """Mean loss over ranks of every optimizer step run by *this* invocation (for tests and benchmarks)."""
+
+    metrics: dict[str, Any] | None
+    output_dir: Path
+    samples_per_second: float
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Seed python, numpy and torch; ranks differ so dropout masks are not identical across ranks."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def write_run_info(cfg: JobConfig, ds_config: dict, out: Path) -> None:
+    """The experiment directory: resolved config, DeepSpeed config and git commit (main rank only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    (out / "git_commit.txt").write_text(commit + "\n")
+
+
+def mean_over_ranks(values: list[float], dist: DistEnv) -> list[float]:
+    """Element-wise mean of a list of floats over ranks (one all-reduce)."""
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.world_size > 1:
+        torch_dist.all_reduce(tensor)
+        tensor /= dist.world_size
+    return tensor.tolist()
+
+
+def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data.shards`` with ``cfg.train``; evaluate on ``cfg.eval``."""
+    dist = setup_distributed()
+    setup_logging(dist.rank)
+    tcfg = cfg.train
+    out = Path(tcfg.output_dir)
+    seed_everything(tcfg.seed, dist.rank)
+
+    # ---- data -----------------------------------------------------------------------------------
+    tokenizer = load_tokenizer(cfg.features.tokenizer)
+    stream = TrainStream(
+        cfg.data.shards,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        micro_batch_size=tcfg.micro_batch_size,
+        data=cfg.data,
+        seed=tcfg.seed,
+        tokenizer_path=cfg.features.tokenizer,
+    )
+    micro_per_epoch = stream.epoch_batches
+    ga = tcfg.gradient_accumulation_steps
+    steps_per_epoch = micro_per_epoch // ga
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"config field 'train.gradient_accumulation_steps': {ga} micro-batches per step but an epoch has "
+            f"only {micro_per_epoch} per rank; lower it or train.micro_batch_size"
+        )
+    total_steps = tcfg.max_steps or steps_per_epoch * tcfg.epochs
+    log.info(
+        "data: %d micro-batches/epoch/rank x %d ranks, %d optimizer steps/epoch, %d steps in total",
+        micro_per_epoch, dist.world_size, steps_per_epoch, total_steps,
+    )
+
+    # ---- model and engine -----------------------------------------------------------------------
+    ds_config = resolve_deepspeed_config(
+        tcfg, world_size=dist.world_size, total_steps=total_steps, device_type=dist.device.type
+    )
+    model = build_qa_model(
+        cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, ds_config=ds_config
+    )
+    engine = Engine.create(model, tcfg, dist, total_steps)
+    method = build_method()
+    evaluator = QAEvaluator(cfg, tokenizer, dist) if cfg.eval.sets else None
+    monitor = Monitor(out, enabled=dist.is_main)
+    if dist.is_main:
+        write_run_info(cfg, ds_config, out)
+        n_params = sum(p.numel() for p in engine.module.parameters())
+        log.info("model: %s, %.1fM parameters (as seen on rank 0)", type(engine.module).__name__, n_params / 1e6)
+
+    # ---- resume ---------------------------------------------------------------------------------
+    step, epoch, micro_in_epoch = 0, 0, 0
+    ckpt_dir = out / "checkpoints"
+    if resume:
+        client = engine.load_checkpoint(ckpt_dir)
+        stream.load_state_dict(client["stream"])
+        method.load_state_dict(client.get("method", {}))
+        set_rng_state(client["rng"][dist.rank])
+        step, epoch, micro_in_epoch = client["step"], client["stream"]["epoch"], client["stream"]["step"]
+        log.info("resumed from step %d (epoch %d, micro-batch %d)", step, epoch, micro_in_epoch)
+
+    def save_checkpoint() -> None:
+        # Every rank's RNG goes to rank 0's client state (DeepSpeed writes client state once).
+        rngs = [None] * dist.world_size
+        if dist.world_size > 1:
+            torch_dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        client = {
+            "step": step,
+            "stream": stream.state_dict(),
+            "method": method.state_dict(),
+            "rng": rngs,
+        }
+        engine.save_checkpoint(ckpt_dir, step=step, client_state=client, keep_last=tcfg.keep_last)
+
+    def evaluate(tag: str) -> dict[str, Any] | None:
+        if evaluator is None:
+            return None
+        engine.eval()
+        result = evaluator.run(engine, out / "eval" / tag, step=step, monitor=monitor)
+        engine.train()
+        return result
+
+    # ---- loop -----------------------------------------------------------------------------------
+    losses: list[float] = []
+    window: dict[str, float] = {}
+    window_micro = 0
+    throughput = Throughput()
+    total_samples, total_time = 0, 0.0
+    engine.train()
+    # With max_steps set, epochs keep coming until the step budget is spent (it overrides epochs).
+    epoch_limit = math.inf if tcfg.max_steps else tcfg.epochs
+    while step < total_steps and epoch < epoch_limit:
+        method.on_epoch_start(epoch, engine)
+        epoch_start = time.perf_counter()
+        for batch in stream.iter_epoch(epoch, start_step=micro_in_epoch):
+            t0 = time.perf_counter()
+            output = method.step(engine, batch)
+            engine.backward(output.loss)
+            engine.step()
+            micro_in_epoch += 1
+            window_micro += 1
+            for key, value in {"loss": output.loss.detach().float().item(), **output.logs}.items():
+                window[key] = window.get(key, 0.0) + value
+            rows = batch["input_ids"].shape[0]
+            throughput.add(rows, int(batch["attention_mask"].sum()))
+            total_samples += rows
+            total_time += time.perf_counter() - t0
+            if not engine.is_gradient_accumulation_boundary():
+                continue
+
+            step += 1
+            keys = sorted(window)
+            means = mean_over_ranks([window[k] / window_micro for k in keys], dist)
+            step_logs = dict(zip(keys, means, strict=True))
+            window, window_micro = {}, 0
+            losses.append(step_logs["loss"])
+            if step % tcfg.log_every == 0 or step == total_steps:
+                samples_s, tokens_s = throughput.rate()
+                scalars = {f"train/{k}": v for k, v in step_logs.items()}
+                scalars |= {
+                    "train/lr": engine.lr,
+                    "train/grad_norm": engine.grad_norm,
+                    "train/epoch": epoch + micro_in_epoch / micro_per_epoch,
+                    "perf/samples_per_s": samples_s * dist.world_size,
+                    "perf/tokens_per_s": tokens_s * dist.world_size,
+                }
+                monitor.scalars(step, scalars)
+                log.info(
+                    "step %d/%d epoch %d loss %.4f lr %.3g grad_norm %s samples/s %.1f",
+                    step, total_steps, epoch, step_logs["loss"], engine.lr,
+                    "-" if engine.grad_norm is None else f"{engine.grad_norm:.3f}",
+                    samples_s * dist.world_size,
+                )
+            if tcfg.eval_every and step % tcfg.eval_every == 0 and step < total_steps:
+                evaluate(f"step{step}")
+            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < total_steps:
+                save_checkpoint()
+            if step >= total_steps:
+                break
+        else:
+            log.info("epoch %d done in %.1fs", epoch, time.perf_counter() - epoch_start)
+            epoch += 1
+            micro_in_epoch = 0
+
+    # ---- end: checkpoint, export, final evaluation ----------------------------------------------
+    save_checkpoint()
+    if tcfg.export:
+        engine.export_pretrained(out / "export", tokenizer=tokenizer)
+    metrics = evaluate("final")
+    if dist.is_main:
+        final = {}
+        if metrics:
+            final = {f"hparam/{k}": v for k, v in metrics.get("summary", {}).items()}
+        monitor.hparams(flatten(to_dict(cfg.train), "train.") | flatten(to_dict(cfg.model), "model."), final)
+    monitor.close()
+    rate = total_samples * dist.world_size / total_time if total_time else math.nan
+    return TrainResult(steps=step, losses=losses, metrics=metrics, output_dir=out, samples_per_second=rate)

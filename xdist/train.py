@@ -218,6 +218,11 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
             step_logs = dict(zip(keys, means, strict=True))
             window, window_micro = {}, 0
             losses.append(step_logs["loss"])
+            if dist.is_main:
+                # One JSON line per optimizer step: the run's loss curve, diffable across runs/commits.
+                with open(out / "train_log.jsonl", "a") as f:
+                    record = {"step": step, "epoch": epoch, "lr": engine.lr, "time": time.time(), **step_logs}
+                    f.write(json.dumps(record) + "\n")
             if step % tcfg.log_every == 0 or step == total_steps:
                 samples_s, tokens_s = throughput.rate()
                 scalars = {f"train/{k}": v for k, v in step_logs.items()}

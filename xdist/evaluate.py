@@ -9,6 +9,7 @@ pass, so the shares are padded to equal length.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from xdist.data.examples import QAExample, QAFeature
 from xdist.data.features import featurize
 from xdist.data.readers import read_source
 from xdist.distributed import DistEnv
-from xdist.evaluation import decode_predictions, heatmap_image, score_predictions, write_report
+from xdist.evaluation import EvalResult, evaluate_qa, heatmap_image, write_report
 
 log = logging.getLogger("xdist.eval")
 
@@ -101,37 +102,32 @@ class QAEvaluator:
         return all_start, all_end
 
     def run(self, model: Any, out_dir: Path, *, step: int = 0, monitor: Any = None) -> dict[str, Any] | None:
-        """Evaluate every set; write reports under ``out_dir``; return the metrics dict on the main rank."""
-        forward = model.forward if hasattr(model, "forward") else model
-        results = {}
+        """Evaluate every set; write reports under ``out_dir``; return the metrics dict on the main rank.
+
+        ``model`` is anything callable like a ``transformers`` QA model (a DeepSpeed engine included).
+        """
+        results: dict[str, EvalResult] = {}
         for eval_set in self.sets:
-            start, end = self.predict(forward, eval_set.features)
-            if not self.dist.is_main:
-                continue
-            predictions = decode_predictions(
-                eval_set.examples, eval_set.features, start, end,
-                n_best=self.cfg.eval.n_best, max_answer_length=self.cfg.eval.max_answer_length,
-            )
-            results[eval_set.name] = score_predictions(eval_set.examples, predictions)
-            results[eval_set.name].predictions = predictions
+            start, end = self.predict(model, eval_set.features)
+            if self.dist.is_main:
+                results[eval_set.name] = evaluate_qa(
+                    eval_set.examples, eval_set.features, start, end, name=eval_set.name,
+                    n_best=self.cfg.eval.n_best, max_answer_length=self.cfg.eval.max_answer_length,
+                )
         if not self.dist.is_main:
             return None
-        metrics = write_report(results, out_dir, heatmap=self.cfg.eval.heatmap)
+        files = write_report(results, out_dir, heatmap=self.cfg.eval.heatmap)
+        for result in results.values():
+            xlt = f"{result.xlt.f1:.2f}" if result.xlt else "-"
+            log.info("eval %s step %d: G-XLT F1 %.2f EM %.2f | XLT F1 %s | %d cells", result.name, step,
+                     result.g_xlt.f1, result.g_xlt.exact_match, xlt, len(result.cells))
         if monitor is not None:
-            self._log(monitor, results, step)
-        return metrics
-
-    def _log(self, monitor: Any, results: dict[str, Any], step: int) -> None:
-        for name, result in results.items():
-            scalars = {f"eval/{name}/gxlt_f1": result.gxlt_f1, f"eval/{name}/gxlt_em": result.gxlt_em,
-                       f"eval/{name}/xlt_f1": result.xlt_f1, f"eval/{name}/xlt_em": result.xlt_em}
-            for cell in result.cells:
-                scalars[f"eval_cells/{name}/{cell.question_lang}-{cell.context_lang}/f1"] = cell.f1
-                scalars[f"eval_cells/{name}/{cell.question_lang}-{cell.context_lang}/em"] = cell.em
-            monitor.scalars(step, scalars)
-            if self.cfg.eval.heatmap:
-                monitor.image(f"eval/{name}/gxlt_heatmap", heatmap_image(result, title=name), step)
-        monitor.flush()
+            for result in results.values():
+                monitor.scalars(step, result.scalars(prefix="eval"))
+                if self.cfg.eval.heatmap:
+                    monitor.image(f"eval/{result.name}/g_xlt_heatmap", heatmap_image(result), step)
+            monitor.flush()
+        return json.loads(files.metrics.read_text())
 
 
 def evaluate_checkpoint(cfg: JobConfig, checkpoint: str, *, out_dir: str | None = None) -> dict[str, Any] | None:

@@ -257,9 +257,12 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
         engine.export_pretrained(out / "export", tokenizer=tokenizer)
     metrics = evaluate("final")
     if dist.is_main:
-        final = {}
-        if metrics:
-            final = {f"hparam/{k}": v for k, v in metrics.get("summary", {}).items()}
+        final = {
+            f"hparam/{name}/{key}": value
+            for name, row in (metrics or {}).get("summary", {}).items()
+            for key, value in row.items()
+            if value is not None
+        }
         monitor.hparams(flatten(to_dict(cfg.train), "train.") | flatten(to_dict(cfg.model), "model."), final)
     monitor.close()
     rate = total_samples * dist.world_size / total_time if total_time else math.nan

@@ -1,0 +1,617 @@
+"""Training shards: QA features written as webdataset ``.tar`` files, described by ``manifest.json``.
+
+Layout of a shard directory::
+
+    train-000000.tar  train-000001.tar  ...  manifest.json
+
+Each sample in a shard has a stable key (see :func:`sample_key`) and four members, none of them pickled:
+``<key>.input_ids.npy`` (int32 [L]), ``<key>.attention_mask.npy`` and ``<key>.token_type_ids.npy``
+(uint8 [L]) and ``<key>.meta.json`` (example uid, window, answer positions, languages, source).
+
+The manifest is written last, atomically, so a directory with a manifest always holds a complete set of
+shards. It records per-shard sample counts (the stream plans every epoch from these counts alone,
+without opening a tar), per (question, context) language pair and per source counts, and fingerprints of
+the tokenizer and of the config that produced the shards, so a training run can refuse shards that do
+not match its tokenizer or config.
+
+webdataset does the tar writing (``ShardWriter``) and reading (``tarfile_to_samples``); what it does not
+do, and this module adds: deterministic pre-shuffling, key sanitising, strict no-pickle decoding and the
+manifest with its checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from tqdm.auto import tqdm
+
+from xdist.data.examples import QAFeature
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Version of the shard layout and manifest schema; bumped on any incompatible change."""
+
+MANIFEST_NAME = "manifest.json"
+SHARD_PATTERN = "train-%06d.tar"
+SHARD_NAME_RE = re.compile(r"train-\d{6}\.tar")
+ARRAY_MEMBERS = ("input_ids.npy", "attention_mask.npy", "token_type_ids.npy")
+META_MEMBER = "meta.json"
+SAMPLE_MEMBERS = (*ARRAY_MEMBERS, META_MEMBER)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+"""Files of a Hugging Face tokenizer directory that determine its output; hashed into its fingerprint."""
+
+_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+_KEY_MAX_ESCAPED = 120
+
+
+class ShardError(ValueError):
+    """Shards or their manifest are missing, malformed or do not match what the caller expects."""
+
+
+@dataclass
+class ShardInfo:
+    """One ``.tar`` shard as recorded in the manifest."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+    pairs: dict[str, int]
+    """Samples per ``"q-c"`` language pair in this shard."""
+
+
+@dataclass
+class ShardMeta:
+    """What :func:`write_shards` records in the manifest beside the counts it computes itself."""
+
+    tokenizer_fingerprint: str = ""
+    config_fingerprint: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The config values behind ``config_fingerprint`` (kept so a mismatch can say what changed)."""
+    skipped: dict[str, Any] = field(default_factory=dict)
+    """The readers' skipped-record report (counts per reason)."""
+    feature_stats: dict[str, Any] = field(default_factory=dict)
+    """Featurisation statistics (windows per example, answers lost to truncation, ...)."""
+
+
+@dataclass
+class Manifest:
+    """Contents of ``manifest.json``. ``directory`` is where it was loaded from (not serialised)."""
+
+    format_version: int
+    shards: list[ShardInfo]
+    total_samples: int
+    pairs: dict[str, int]
+    sources: dict[str, int]
+    max_length: int
+    samples_per_shard: int
+    shuffle_seed: int
+    tokenizer_fingerprint: str
+    config_fingerprint: str
+    config: dict[str, Any]
+    skipped: dict[str, Any]
+    feature_stats: dict[str, Any]
+    created_at: str
+    xdist_version: str
+    directory: Path = field(default=Path("."), compare=False)
+
+    def shard_path(self, shard: ShardInfo | str) -> Path:
+        """Absolute path of a shard of this manifest."""
+        return self.directory / (shard if isinstance(shard, str) else shard.name)
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data.pop("directory")
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def sample_key(example_uid: str, window: int) -> str:
+    """Stable webdataset key of a feature: readable, unique, and free of dots and slashes.
+
+    webdataset splits a member name at its first dot into key and extension, and a slash would make a
+    tar directory, so neither may appear in a key. Every character outside ``[A-Za-z0-9-]`` (``_``
+    included) is escaped as ``_`` plus its UTF-8 bytes in hex, which keeps the mapping one-to-one:
+    ``56be.../en-de`` window 0 becomes ``56be..._2fen-de-w0``. Very long uids are cut and completed with
+    a hash of the whole uid, so tar member names stay short.
+    """
+    escaped = "".join(
+        char if char in _KEY_SAFE else "".join(f"_{byte:02x}" for byte in char.encode("utf-8"))
+        for char in example_uid
+    )
+    if len(escaped) > _KEY_MAX_ESCAPED:
+        digest = hashlib.sha256(example_uid.encode("utf-8")).hexdigest()[:16]
+        escaped = f"{escaped[: _KEY_MAX_ESCAPED - 17]}~{digest}"
+    return f"{escaped}-w{window}"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def cell_name(question_lang: str, context_lang: str) -> str:
+    """The ``"q-c"`` name of a language pair, as used in manifests and batches."""
+    return f"{question_lang}-{context_lang}"
+
+
+def source_name(source: str) -> str:
+    """Source name of a feature's ``source`` (``"xquad:xquad.de.json"`` → ``"xquad"``)."""
+    return source.split(":", 1)[0] or "(unknown)"
+
+
+def _check_feature(index: int, feature: QAFeature, length: int) -> None:
+    where = f"feature #{index} (example {feature.example_uid!r}, window {feature.window})"
+    if length <= 0:
+        raise ShardError(f"{where}: input_ids is empty")
+    if not feature.example_uid:
+        raise ShardError(f"{where}: example_uid is empty")
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        if len(getattr(feature, name)) != length:
+            raise ShardError(
+                f"{where}: {name} has {len(getattr(feature, name))} tokens, expected {length} "
+                "(every feature must be padded to the same max_length)"
+            )
+    for name in ("start_position", "end_position"):
+        value = getattr(feature, name)
+        if not 0 <= value < length:
+            raise ShardError(f"{where}: {name}={value} is outside [0, {length})")
+    if feature.start_position > feature.end_position:
+        raise ShardError(f"{where}: start_position {feature.start_position} > end_position {feature.end_position}")
+    if feature.window < 0:
+        raise ShardError(f"{where}: window={feature.window} is negative")
+    if not feature.question_lang or not feature.context_lang:
+        raise ShardError(f"{where}: question_lang and context_lang must be set")
+
+
+def _feature_sample(key: str, feature: QAFeature, where: str) -> dict[str, Any]:
+    input_ids = np.asarray(feature.input_ids, dtype=np.int64)
+    if input_ids.min() < 0 or input_ids.max() > np.iinfo(np.int32).max:
+        raise ShardError(f"{where}: input_ids outside the int32 range")
+    small = {}
+    for name in ("attention_mask", "token_type_ids"):
+        values = np.asarray(getattr(feature, name), dtype=np.int64)
+        if values.min() < 0 or values.max() > 255:
+            raise ShardError(f"{where}: {name} values must lie in [0, 255] to be stored as uint8")
+        small[name] = values.astype(np.uint8)
+    meta = {
+        "example_uid": feature.example_uid,
+        "window": feature.window,
+        "start_position": feature.start_position,
+        "end_position": feature.end_position,
+        "question_lang": feature.question_lang,
+        "context_lang": feature.context_lang,
+        "source": feature.source,
+    }
+    return {
+        "__key__": key,
+        "input_ids.npy": _npy_bytes(input_ids.astype(np.int32)),
+        "attention_mask.npy": _npy_bytes(small["attention_mask"]),
+        "token_type_ids.npy": _npy_bytes(small["token_type_ids"]),
+        META_MEMBER: json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def existing_shard_files(directory: str | os.PathLike) -> list[Path]:
+    """Shard files (``train-NNNNNN.tar``) and a manifest already present in ``directory``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p for p in directory.iterdir() if SHARD_NAME_RE.fullmatch(p.name) or p.name == MANIFEST_NAME
+    )
+
+
+def write_shards(
+    features: Iterable[QAFeature],
+    out_dir: str | os.PathLike,
+    samples_per_shard: int,
+    *,
+    shuffle_seed: int,
+    meta: ShardMeta | None = None,
+    progress: bool = False,
+) -> Manifest:
+    """Shuffle ``features`` deterministically, write them as webdataset shards, then the manifest.
+
+    The shuffle (by ``shuffle_seed``) mixes sources and language pairs across shards, so every reader
+    slot of the stream sees a mixture. Features are consumed one at a time and kept only in their
+    encoded form (about 3 KB each at max_length 384) until the shuffle, so a generator of features for
+    the whole G-XLT matrix fits in memory. ``out_dir`` must not already hold shards or a manifest (stale
+    shards would silently join the new set); :func:`xdist.data.prepare.prepare` clears it on request.
+    Raises :class:`ShardError` on empty input, ragged lengths, out-of-range positions or duplicate keys.
+    """
+    if samples_per_shard <= 0:
+        raise ShardError(f"samples_per_shard must be positive, got {samples_per_shard}")
+    meta = meta or ShardMeta()
+    out_dir = Path(out_dir)
+    stale = existing_shard_files(out_dir)
+    if stale:
+        raise ShardError(
+            f"{out_dir} already holds {stale[0].name} (and {len(stale) - 1} more shard/manifest files); "
+            "remove them or run prepare with overwrite=True"
+        )
+    encoded: list[tuple[dict[str, Any], str, str]] = []  # (sample, cell, source name)
+    origin: dict[str, tuple[int, str, int]] = {}  # key -> (feature index, example uid, window)
+    length = 0
+    for index, feature in enumerate(features):
+        length = length or len(feature.input_ids)
+        _check_feature(index, feature, length)
+        key = sample_key(feature.example_uid, feature.window)
+        where = f"feature #{index} (example {feature.example_uid!r}, window {feature.window})"
+        if key in origin:
+            first, uid, window = origin[key]
+            raise ShardError(
+                f"{where} has the same key {key!r} as feature #{first} (example {uid!r}, window {window}): "
+                "duplicate (example, window) in the input (is a source listed twice in data.train?)"
+            )
+        origin[key] = (index, feature.example_uid, feature.window)
+        cell = cell_name(feature.question_lang, feature.context_lang)
+        encoded.append((_feature_sample(key, feature, where), cell, source_name(feature.source)))
+    if not encoded:
+        raise ShardError("no features to write: every source was empty or every record was skipped")
+    random.Random(f"xdist-shards/{shuffle_seed}").shuffle(encoded)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    shard_pairs: list[Counter] = []
+    pattern = str(out_dir).replace("%", "%%") + "/" + SHARD_PATTERN
+    # maxsize is unbounded so that shard boundaries depend on sample counts only (the manifest, the
+    # stream plan and the user's samples_per_shard all reason in samples); mtime is fixed so the same
+    # input gives byte-identical shards.
+    with wds.ShardWriter(
+        pattern,
+        maxcount=samples_per_shard,
+        maxsize=float("inf"),
+        post=written.append,
+        verbose=0,
+        encoder=False,
+        mtime=0,
+        format="PAX_FORMAT",
+    ) as writer:
+        bar = tqdm(encoded, desc=f"writing shards to {out_dir}", unit="feature", disable=not progress)
+        for position, (sample, cell, _) in enumerate(bar):
+            if position % samples_per_shard == 0:
+                shard_pairs.append(Counter())
+            shard_pairs[-1][cell] += 1
+            writer.write(sample)
+    if len(written) != len(shard_pairs):
+        raise ShardError(f"webdataset wrote {len(written)} shards, expected {len(shard_pairs)}")
+
+    shards = []
+    for path, pairs in zip(written, shard_pairs, strict=True):
+        path = Path(path)
+        shards.append(
+            ShardInfo(
+                name=path.name,
+                samples=sum(pairs.values()),
+                bytes=path.stat().st_size,
+                sha256=_file_sha256(path),
+                pairs=dict(sorted(pairs.items())),
+            )
+        )
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        shards=shards,
+        total_samples=len(encoded),
+        pairs=dict(sorted(Counter(cell for _, cell, _ in encoded).items())),
+        sources=dict(sorted(Counter(source for _, _, source in encoded).items())),
+        max_length=length,
+        samples_per_shard=samples_per_shard,
+        shuffle_seed=shuffle_seed,
+        tokenizer_fingerprint=meta.tokenizer_fingerprint,
+        config_fingerprint=meta.config_fingerprint,
+        config=meta.config,
+        skipped=meta.skipped,
+        feature_stats=meta.feature_stats,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        xdist_version=_xdist_version(),
+        directory=out_dir,
+    )
+    _write_atomic(out_dir / MANIFEST_NAME, manifest.to_json())
+    log.info("wrote %d samples in %d shards to %s", manifest.total_samples, len(shards), out_dir)
+    return manifest
+
+
+def _xdist_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xdist")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see a half-written manifest."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fingerprints
+# --------------------------------------------------------------------------------------------------
+
+
+def tokenizer_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 over the files of a tokenizer directory that define its behaviour (names and contents)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ShardError(f"tokenizer directory {str(path)!r} does not exist")
+    present = [name for name in TOKENIZER_FILES if (path / name).is_file()]
+    if "tokenizer.json" not in present:
+        raise ShardError(f"tokenizer directory {str(path)!r} has no tokenizer.json (a fast tokenizer is required)")
+    digest = hashlib.sha256()
+    for name in present:
+        digest.update(name.encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256((path / name).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def json_fingerprint(data: Any) -> str:
+    """sha256 of the canonical JSON (sorted keys, no whitespace) of ``data``."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+_MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format_version": int,
+    "shards": list,
+    "total_samples": int,
+    "pairs": dict,
+    "sources": dict,
+    "max_length": int,
+    "samples_per_shard": int,
+    "shuffle_seed": int,
+    "tokenizer_fingerprint": str,
+    "config_fingerprint": str,
+    "config": dict,
+    "skipped": dict,
+    "feature_stats": dict,
+    "created_at": str,
+    "xdist_version": str,
+}
+_SHARD_FIELDS: dict[str, type] = {"name": str, "samples": int, "bytes": int, "sha256": str, "pairs": dict}
+
+
+def _field(where: str, data: dict, name: str, expected: type | tuple[type, ...]) -> Any:
+    if name not in data:
+        raise ShardError(f"{where}: missing field '{name}'")
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, expected):
+        kind = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
+        raise ShardError(f"{where}: field '{name}' should be {kind}, got {value!r}")
+    return value
+
+
+def load_manifest(
+    directory: str | os.PathLike,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    verify_checksums: bool = False,
+) -> Manifest:
+    """Load and check ``<directory>/manifest.json``.
+
+    Checks: the file exists and is valid JSON of this format version; every field has its type; every
+    listed shard exists with the recorded size (and sha256 when ``verify_checksums``); the counts add
+    up; and, when ``tokenizer`` (a tokenizer directory) is given, that it is the tokenizer the shards
+    were written with. Each failure raises :class:`ShardError` naming the file and what was expected.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        hint = " (shards are present: an interrupted prepare?)" if any(
+            SHARD_NAME_RE.fullmatch(p.name) for p in existing_shard_files(directory)
+        ) else ""
+        raise ShardError(f"{path}: no shard manifest here{hint}; run `xdist prepare` to write the shards")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ShardError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ShardError(f"{path}: expected a JSON object at top level")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ShardError(
+            f"{path}: shard format version {version!r}, this xdist reads version {FORMAT_VERSION}; "
+            "re-run `xdist prepare` to rewrite the shards"
+        )
+    values = {name: _field(str(path), data, name, kind) for name, kind in _MANIFEST_FIELDS.items()}
+    shards = []
+    for i, raw in enumerate(values["shards"]):
+        where = f"{path}: shards[{i}]"
+        if not isinstance(raw, dict):
+            raise ShardError(f"{where}: expected an object, got {raw!r}")
+        shard = ShardInfo(**{name: _field(where, raw, name, kind) for name, kind in _SHARD_FIELDS.items()})
+        if not SHARD_NAME_RE.fullmatch(shard.name):
+            raise ShardError(f"{where}: shard name {shard.name!r} is not of the form train-NNNNNN.tar")
+        if shard.samples <= 0:
+            raise ShardError(f"{where}: shard {shard.name} has {shard.samples} samples, expected at least 1")
+        if sum(shard.pairs.values()) != shard.samples:
+            raise ShardError(f"{where}: per-pair counts of {shard.name} do not add up to its {shard.samples} samples")
+        shards.append(shard)
+    if not shards:
+        raise ShardError(f"{path}: lists no shards")
+    values["shards"] = shards
+    total = sum(s.samples for s in shards)
+    if total != values["total_samples"]:
+        raise ShardError(f"{path}: total_samples is {values['total_samples']} but the shards hold {total}")
+    if values["max_length"] <= 0:
+        raise ShardError(f"{path}: max_length must be positive, got {values['max_length']}")
+    manifest = Manifest(**values, directory=directory)
+
+    for shard in shards:
+        shard_path = manifest.shard_path(shard)
+        if not shard_path.is_file():
+            raise ShardError(f"{path}: lists shard {shard.name}, but {shard_path} does not exist")
+        size = shard_path.stat().st_size
+        if size != shard.bytes:
+            raise ShardError(
+                f"{shard_path}: {size} bytes, the manifest recorded {shard.bytes}; the shard was changed "
+                "or truncated after prepare"
+            )
+        if verify_checksums and _file_sha256(shard_path) != shard.sha256:
+            raise ShardError(f"{shard_path}: sha256 differs from the manifest; the shard is corrupt")
+    if tokenizer is not None:
+        check_tokenizer(manifest, tokenizer)
+    return manifest
+
+
+def check_tokenizer(manifest: Manifest, tokenizer: str | os.PathLike) -> None:
+    """Raise :class:`ShardError` unless ``tokenizer`` is the tokenizer the shards were written with."""
+    actual = tokenizer_fingerprint(tokenizer)
+    if manifest.tokenizer_fingerprint != actual:
+        raise ShardError(
+            f"{manifest.directory / MANIFEST_NAME}: shards were tokenized with a tokenizer of fingerprint "
+            f"{manifest.tokenizer_fingerprint[:12] or '(none recorded)'}, but {tokenizer} has fingerprint "
+            f"{actual[:12]}; re-run `xdist prepare` with this tokenizer or point features.tokenizer at the "
+            "original one"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardSample:
+    """One decoded training sample."""
+
+    key: str
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    example_uid: str
+    window: int
+    start_position: int
+    end_position: int
+    question_lang: str
+    context_lang: str
+    source: str
+
+    @property
+    def cell(self) -> str:
+        return cell_name(self.question_lang, self.context_lang)
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(header: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a version-1 .npy header, parsed by numpy; object dtypes are refused."""
+    stream = io.BytesIO(header)
+    np.lib.format.read_magic(stream)
+    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    if dtype.hasobject or fortran_order:
+        raise ValueError(f"dtype {dtype} (fortran order {fortran_order}) is not a plain C-order numeric array")
+    return shape, dtype
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    """Decode .npy bytes, never unpickling (an object array in a shard would run code on load).
+
+    Why not just ``np.load``: numpy re-parses the header text with ``ast.literal_eval`` for every array,
+    about a third of the stream's read time with three small arrays per sample. All arrays of a shard
+    set share a handful of headers, so the header is parsed by numpy once (cached) and the payload is a
+    ``frombuffer`` view; anything unusual (another .npy version) takes the plain ``np.load`` path.
+    """
+    if data[:6] == b"\x93NUMPY" and data[6:7] == b"\x01":
+        end = 10 + int.from_bytes(data[8:10], "little")
+        shape, dtype = _npy_header(bytes(data[:end]))
+        count = math.prod(shape)
+        if len(data) - end != count * dtype.itemsize:
+            raise ValueError(f"payload of {len(data) - end} bytes does not match shape {shape} of {dtype}")
+        return np.frombuffer(data, dtype=dtype, count=count, offset=end).reshape(shape)
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def decode_sample(raw: dict[str, Any], max_length: int | None = None) -> ShardSample:
+    """Decode a raw webdataset sample (member bytes by extension) into a :class:`ShardSample`.
+
+    Only the four expected members are accepted; anything else (a ``.pyd`` or ``.pth`` member, say) is
+    an error rather than something to unpickle.
+    """
+    key = raw.get("__key__", "?")
+    where = f"{raw.get('__url__', '?')}: sample {key!r}"
+    members = {k for k in raw if not k.startswith("__")}
+    if members != set(SAMPLE_MEMBERS):
+        raise ShardError(f"{where}: members {sorted(members)}, expected exactly {list(SAMPLE_MEMBERS)}")
+    arrays = {}
+    for member in ARRAY_MEMBERS:
+        try:
+            array = _load_npy(raw[member])
+        except ValueError as err:
+            raise ShardError(f"{where}: {member} is not a plain .npy array: {err}") from None
+        if array.ndim != 1 or (max_length is not None and array.shape[0] != max_length):
+            raise ShardError(f"{where}: {member} has shape {array.shape}, expected ({max_length},)")
+        arrays[member[: -len(".npy")]] = array
+    try:
+        meta = json.loads(raw[META_MEMBER])
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardError(f"{where}: {META_MEMBER} is not valid JSON: {err}") from None
+    try:
+        return ShardSample(
+            key=key,
+            **arrays,
+            example_uid=str(meta["example_uid"]),
+            window=int(meta["window"]),
+            start_position=int(meta["start_position"]),
+            end_position=int(meta["end_position"]),
+            question_lang=str(meta["question_lang"]),
+            context_lang=str(meta["context_lang"]),
+            source=str(meta["source"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ShardError(f"{where}: {META_MEMBER} lacks or mistypes field {err}") from None
+
+
+def raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """Undecoded samples (member bytes) of the given shard files, in file order, via webdataset."""
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
+    return iter(pipeline)
+
+
+def iter_samples(manifest: Manifest) -> Iterator[ShardSample]:
+    """Every sample of every shard, decoded, in manifest order (for tests, inspection and caches)."""
+    urls = [str(manifest.shard_path(s)) for s in manifest.shards]
+    for raw in raw_samples(urls):
+        yield decode_sample(raw, manifest.max_length)

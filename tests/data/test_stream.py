@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -191,6 +192,15 @@ def test_resume_under_a_different_plan_is_refused(uneven):
         saved.load_state_dict({"epoch": 0})
 
 
+def test_resume_on_rewritten_shards_is_refused(tmp_path):
+    features = make_features(41, LENGTH, seed=1, max_windows=1)
+    write_shards(features, tmp_path / "a", 6, shuffle_seed=0)
+    write_shards(features, tmp_path / "b", 6, shuffle_seed=1)  # same counts, other content per shard
+    state = TrainStream(tmp_path / "a", 0, 2, 4, _cfg(), seed=5).state_dict()
+    with pytest.raises(StreamError, match=r"cannot resume the data stream exactly: .*shards '"):
+        TrainStream(tmp_path / "b", 0, 2, 4, _cfg(), seed=5).load_state_dict(state)
+
+
 # --------------------------------------------------------------------------------------------------
 # Refusals and validation at start
 # --------------------------------------------------------------------------------------------------
@@ -267,12 +277,14 @@ def test_shard_count_changed_behind_the_manifest_is_an_error(tmp_path):
 RANK_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
+    from datetime import timedelta
     import torch
     import torch.distributed as dist
     from xdist.config import DataConfig
     from xdist.data.stream import TrainStream
 
-    dist.init_process_group("gloo")
+    # A rank left waiting in a collective fails after 60 s instead of hanging (the test also times out).
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {}
     for name in sys.argv[2:]:
@@ -307,11 +319,17 @@ def test_two_ranks_with_dataloader_workers_take_equal_steps(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
                str(out), str(three.directory), str(five.directory)]
+    # Own session, so that on a timeout the launcher *and* its ranks (and their DataLoader workers) are
+    # killed together; killing only the launcher would leave hung ranks behind.
+    launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
     try:
-        run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        output, _ = launcher.communicate(timeout=120)
     except subprocess.TimeoutExpired:
-        pytest.fail("2-rank stream run did not finish in 180 s: a rank is waiting for a batch that never comes")
-    assert run.returncode == 0, run.stderr[-3000:]
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.communicate()
+        pytest.fail("2-rank stream run did not finish in 120 s: a rank is waiting for a batch that never comes")
+    assert launcher.returncode == 0, output[-3000:]
     results = json.loads(out.read_text())
     for manifest, features in ((three, features_three), (five, features_five)):
         ranks = results[str(manifest.directory)]

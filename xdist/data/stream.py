@@ -91,6 +91,8 @@ class StreamPlan:
     """Distinct samples read by each slot per epoch (the same in every epoch, see module docstring)."""
     batches_per_slot: int
     """``q``: micro-batches every slot yields per epoch."""
+    shard_set: str
+    """Fingerprint of the shards' names, counts and sha256: a resume must read the very same shards."""
 
     @property
     def num_slots(self) -> int:
@@ -119,7 +121,7 @@ class StreamPlan:
             "slots_per_rank": self.slots_per_rank,
             "seed": self.seed,
             "shuffle_buffer": self.shuffle_buffer,
-            "shards": json_fingerprint([list(s) for s in self.shards]),
+            "shards": self.shard_set,
         }
 
     @property
@@ -133,13 +135,7 @@ class StreamPlan:
         # Stable sort by size: the permutation survives among equal-size shards (all but the last one
         # for shards written by write_shards), and the loads below depend on the sizes alone.
         order.sort(key=lambda shard: -shard[1])
-        slots: list[list[str]] = [[] for _ in range(self.num_slots)]
-        heap = [(0, slot) for slot in range(self.num_slots)]
-        for name, samples in order:
-            load, slot = heapq.heappop(heap)
-            slots[slot].append(name)
-            heapq.heappush(heap, (load + samples, slot))
-        return slots
+        return [[name for name, _ in slot] for slot in _deal(order, self.num_slots)]
 
     def describe(self) -> str:
         quota = self.batches_per_slot * self.micro_batch_size
@@ -156,13 +152,19 @@ class StreamPlan:
         )
 
 
-def _deal(shards: list[tuple[str, int]], num_slots: int) -> list[int]:
-    """Samples per slot under the greedy deal of :meth:`StreamPlan.assignment` (any epoch)."""
-    loads = [(0, slot) for slot in range(num_slots)]
-    for _, samples in sorted(shards, key=lambda shard: -shard[1]):
-        load, slot = heapq.heappop(loads)
-        heapq.heappush(loads, (load + samples, slot))
-    return [load for load, _ in sorted(loads, key=lambda item: item[1])]
+def _deal(shards: list[tuple[str, int]], num_slots: int) -> list[list[tuple[str, int]]]:
+    """Deal shards, in the given order, each to the least-loaded slot (ties: the lowest slot index).
+
+    Given shards sorted by size, the slot loads depend on the sizes alone, not on the order among
+    equal sizes: that is what keeps every slot's sample count, and so the epoch length, epoch-invariant.
+    """
+    slots: list[list[tuple[str, int]]] = [[] for _ in range(num_slots)]
+    heap = [(0, slot) for slot in range(num_slots)]
+    for shard in shards:
+        load, slot = heapq.heappop(heap)
+        slots[slot].append(shard)
+        heapq.heappush(heap, (load + shard[1], slot))
+    return slots
 
 
 def make_plan(
@@ -187,7 +189,8 @@ def make_plan(
             f"least one shard, ideally data.num_workers={requested} of them); {fix}"
         )
     slots_per_rank = min(requested, len(shards) // world_size)
-    slot_samples = _deal(shards, world_size * slots_per_rank)
+    by_size = sorted(shards, key=lambda shard: -shard[1])
+    slot_samples = [sum(n for _, n in slot) for slot in _deal(by_size, world_size * slots_per_rank)]
     batches_per_slot = math.ceil(max(slot_samples) / micro_batch_size)
     plan = StreamPlan(
         shards=tuple(shards),
@@ -199,6 +202,7 @@ def make_plan(
         shuffle_buffer=data.shuffle_buffer,
         slot_samples=tuple(slot_samples),
         batches_per_slot=batches_per_slot,
+        shard_set=json_fingerprint([[s.name, s.samples, s.sha256] for s in manifest.shards]),
     )
     if data.uneven == "refuse":
         short = [(slot, n) for slot, n in enumerate(slot_samples) if math.ceil(n / micro_batch_size) < batches_per_slot]

@@ -119,6 +119,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
         data=cfg.data,
         seed=tcfg.seed,
         tokenizer_path=cfg.features.tokenizer,
+        max_length=cfg.features.max_length,
     )
     micro_per_epoch = stream.epoch_batches
     ga = tcfg.gradient_accumulation_steps
@@ -141,7 +142,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
     model = build_qa_model(
         cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, ds_config=ds_config
     )
-    engine = Engine.create(model, tcfg, dist, total_steps)
+    engine = Engine.create(model, tcfg, dist, total_steps, ds_config=ds_config)
     method = build_method()
     evaluator = QAEvaluator(cfg, tokenizer, dist) if cfg.eval.sets else None
     monitor = Monitor(out, enabled=dist.is_main)
@@ -200,7 +201,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
             t0 = time.perf_counter()
             output = method.step(engine, batch)
             engine.backward(output.loss)
-            engine.step()
+            updated = engine.step()  # True exactly when this micro-batch closed an accumulation window
             micro_in_epoch += 1
             window_micro += 1
             for key, value in {"loss": output.loss.detach().float().item(), **output.logs}.items():
@@ -209,7 +210,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
             throughput.add(rows, int(batch["attention_mask"].sum()))
             total_samples += rows
             total_time += time.perf_counter() - t0
-            if not engine.is_gradient_accumulation_boundary():
+            if not updated:
                 continue
 
             step += 1

@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.command == "prepare":
         from xdist.data.prepare import prepare
+        from xdist.monitor import setup_logging
+
+        setup_logging()
 
         prepare(cfg, overwrite=args.overwrite)
     elif args.command == "train":

@@ -63,10 +63,10 @@ class SourceConfig:
     languages: list[str] | None = None
     """For ``xquad``/``mlqa``: the languages to load (None = every language found)."""
 
-    pairs: str = "diagonal"
-    """For parallel sources: which (question language, context language) cells to build.
-    ``diagonal`` (monolingual), ``all`` (every ordered pair: the G-XLT matrix), or a comma-separated
-    list such as ``en-de,de-en``."""
+    pairs: str | None = None
+    """Which (question language, context language) cells to build: ``diagonal`` (monolingual), ``all``
+    (every ordered pair: the G-XLT matrix), or a comma-separated list such as ``en-de,de-en``.
+    None = the format's natural default: every cell file found for ``mlqa``, ``diagonal`` otherwise."""
 
     articles: Literal["all", "train", "eval"] = "all"
     """Which side of the article-title split (``data.title_split``) to keep. XQuAD is parallel, so any
@@ -82,7 +82,7 @@ class SourceConfig:
             _fail("path", "expected a file, directory or URL")
         if self.max_examples is not None and self.max_examples <= 0:
             _fail("max_examples", f"expected a positive integer or null, got {self.max_examples}")
-        if self.pairs not in ("diagonal", "all"):
+        if self.pairs not in (None, "diagonal", "all"):
             for cell in self.pairs.split(","):
                 if not re.fullmatch(r"[a-z]{2,3}-[a-z]{2,3}", cell.strip()):
                     _fail("pairs", f"expected 'diagonal', 'all' or 'q-c,q-c,...', got {self.pairs!r}")

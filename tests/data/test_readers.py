@@ -275,8 +275,13 @@ def test_mlqa_cells_come_from_file_names(tmp_path):
         assert example.question.startswith(f"[{example.question_lang}]")
         assert example.context.startswith(f"[{example.context_lang}]")
 
-    diagonal = read_source(SourceConfig(name="m", format="mlqa", path="dev"), data)
+    diagonal = read_source(SourceConfig(name="m", format="mlqa", path="dev", pairs="diagonal"), data)
     assert list(dict.fromkeys(e.cell for e in diagonal.examples)) == [("de", "de"), ("en", "en"), ("es", "es")]
+
+    # Unset pairs: every cell file found, as MLQA distributes them.
+    found = read_source(SourceConfig(name="m", format="mlqa", path="dev"), data)
+    assert list(dict.fromkeys(e.cell for e in found.examples)) == [
+        ("de", "de"), ("de", "en"), ("en", "de"), ("en", "en"), ("es", "es")]
 
     single = read_source(SourceConfig(name="m", format="mlqa", path="dev/dev-context-de-question-en.json"), data)
     assert {e.cell for e in single.examples} == {("en", "de")}

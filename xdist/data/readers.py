@@ -419,9 +419,9 @@ class _Read:
             )
         return parsed
 
-    def requested_cells(self, languages: list[str]) -> list[Cell]:
-        """The cells ``pairs`` asks for, over ``languages`` (in that order)."""
-        pairs = self.source.pairs
+    def requested_cells(self, languages: list[str], default: str = "diagonal") -> list[Cell]:
+        """The cells ``pairs`` asks for (``default`` when unset), over ``languages`` (in that order)."""
+        pairs = self.source.pairs or default
         if pairs == "diagonal":
             return [(lang, lang) for lang in languages]
         if pairs == "all":
@@ -541,7 +541,7 @@ def _read_xquad(read: _Read, location: str) -> list[QAExample]:
             )
         paths = {lang: found[lang] for lang in wanted}
     languages = list(paths)
-    if source.pairs not in ("diagonal", "all"):
+    if source.pairs not in (None, "diagonal", "all"):
         # Load only the languages the listed pairs use.
         cells = read.requested_cells(languages)
         languages = [lang for lang in languages if any(lang in cell for cell in cells)]
@@ -568,7 +568,7 @@ def _read_mlqa(read: _Read, location: str) -> list[QAExample]:
             raise read.fail(f"file {path} does not exist")
         cell = (match.group(3), match.group(2))
         # A single file is its own cell; only an explicit list of pairs can exclude it.
-        if source.pairs not in ("diagonal", "all") and cell not in _listed_cells(source.pairs):
+        if source.pairs not in (None, "diagonal", "all") and cell not in _listed_cells(source.pairs):
             raise read.fail(f"{path.name} is cell {cell[0]}-{cell[1]}, which pairs {source.pairs!r} excludes")
         parsed = read.parse(path)
         return read.build_cell(cell, parsed, parsed)
@@ -589,7 +589,11 @@ def _read_mlqa(read: _Read, location: str) -> list[QAExample]:
     split = splits.pop()
     languages = source.languages or sorted({lang for cell in found for lang in cell})
     examples = []
-    for cell in read.requested_cells(languages):
+    cells = read.requested_cells(languages, default="all")
+    if source.pairs is None:
+        # MLQA is distributed as one file per cell: by default, every cell file found (over `languages`).
+        cells = [cell for cell in cells if cell in found]
+    for cell in cells:
         if cell not in found:
             expected = path / f"{split}-context-{cell[1]}-question-{cell[0]}.json"
             raise read.fail(f"{expected} does not exist (cell {cell[0]}-{cell[1]} of pairs {source.pairs!r})")

@@ -425,9 +425,13 @@ class TrainStream:
         )
         source: Any = dataset
         if self.num_workers > 0 and start_step < self.epoch_batches:
+            # Our own generator: otherwise starting the workers draws their base seed from the global torch
+            # RNG, which shifts dropout masks and breaks exact resume (a resumed run starts its loader at
+            # a different point of the RNG stream than the uninterrupted run did).
+            seeds = torch.Generator().manual_seed(self.plan.seed * 1_000_003 + epoch)
             source = DataLoader(
                 dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
-                pin_memory=self.pin_memory,
+                pin_memory=self.pin_memory, generator=seeds,
             )
         delivered = start_step
         for batch in source:

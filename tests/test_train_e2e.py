@@ -1,0 +1,186 @@
+"""End to end through the CLI: prepare → train on 2 gloo ranks (ZeRO-2/3, fp32/bf16) → export → eval.
+
+Each training run is a real multi-process DeepSpeed job (``xdist train --nproc 2``), on a tiny model
+and a fixed small training set (16 TyDi QA English features), so the loss must fall as it memorises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (DATA_DIR / "tydiqa-goldp").is_dir(), reason=f"shared data not found at {DATA_DIR}"),
+]
+
+ENV = {
+    **os.environ,
+    "DS_ACCELERATOR": "cpu",
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+    "XDIST_DATA": str(DATA_DIR),
+}
+
+CONFIG = """
+data:
+  root: {data}
+  train:
+    - {{name: tydiqa-en, format: tydiqa, path: tydiqa-goldp/tydiqa.goldp.en.train.json, max_examples: 16}}
+  shards: {shards}
+  samples_per_shard: 4
+  num_workers: 0
+features:
+  tokenizer: {data}/tokenizers/mbert-cased
+  max_length: 96
+  doc_stride: 32
+  max_query_length: 24
+model:
+  model_type: bert
+  architecture: {{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64,
+                 max_position_embeddings: 128}}
+train:
+  deepspeed: {repo}/configs/deepspeed/zero2.json
+  micro_batch_size: 4
+  lr: 1.0e-2
+  max_steps: 16
+  log_every: 4
+  output_dir: {out}
+eval:
+  sets:
+    - {{name: xquad, format: xquad, path: xquad, languages: [en, de], pairs: all, articles: eval, max_examples: 12}}
+  batch_size: 16
+"""
+
+
+def xdist(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "xdist.cli", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"xdist {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def step_losses(out: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> Path:
+    """A config file with prepared shards (16 features), shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("e2e")
+    config = root / "job.yaml"
+    config.write_text(CONFIG.format(data=DATA_DIR, shards=root / "shards", out=root / "run", repo=REPO))
+    xdist("prepare", str(config))
+    manifest = json.loads((root / "shards" / "manifest.json").read_text())
+    assert manifest["total_samples"] >= 16
+    return config
+
+
+@pytest.mark.parametrize(("stage", "precision"), [(2, "fp32"), (2, "bf16"), (3, "fp32"), (3, "bf16")])
+def test_two_rank_training_reduces_loss(job, tmp_path, stage, precision):
+    out = tmp_path / "run"
+    xdist("train", str(job), "--nproc", "2", "--set", f"train.deepspeed={REPO}/configs/deepspeed/zero{stage}.json",
+          "--set", f"train.precision={precision}", "--set", f"train.output_dir={out}", "--set", "eval.sets=[]",
+          "--set", "train.export=false")
+    losses = step_losses(out)
+    assert sorted(losses) == list(range(1, 17))
+    first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (14, 15, 16)) / 3
+    assert last < 0.7 * first, f"ZeRO-{stage} {precision}: loss {first:.3f} -> {last:.3f}"
+    resolved = json.loads((out / "ds_config.json").read_text())
+    assert resolved["zero_optimization"]["stage"] == stage
+    assert resolved["bf16"]["enabled"] is (precision == "bf16")
+
+
+def test_export_eval_and_tensorboard(job, tmp_path):
+    """ZeRO-3 run with evaluation: the export loads in plain transformers and `xdist eval` reproduces the
+    in-training evaluation exactly; MLQA files are read by their distributed names; TensorBoard has it all."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoModelForQuestionAnswering
+
+    out = tmp_path / "run"
+    xdist("train", str(job), "--nproc", "2", "--set", f"train.deepspeed={REPO}/configs/deepspeed/zero3.json",
+          "--set", f"train.output_dir={out}", "--set", "train.eval_every=8")
+
+    model = AutoModelForQuestionAnswering.from_pretrained(out / "export", local_files_only=True)
+    assert model.config.hidden_size == 32 and (out / "export" / "model.safetensors").is_file()
+
+    trained = json.loads((out / "eval" / "final" / "metrics.json").read_text())["sets"]["xquad"]
+    assert {(c["question_lang"], c["context_lang"]) for c in trained["cells"]} == {
+        ("en", "en"), ("en", "de"), ("de", "en"), ("de", "de")}
+    assert (out / "eval" / "step8" / "metrics.json").is_file()
+    assert (out / "eval" / "final" / "predictions" / "xquad" / "de-en.json").is_file()
+
+    # The same set evaluated from the export, in one process, must give the same numbers.
+    xdist("eval", str(job), "--checkpoint", str(out / "export"), "--out", str(tmp_path / "eval"))
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())["sets"]["xquad"]
+    assert again["g_xlt"] == pytest.approx(trained["g_xlt"], abs=1e-6)
+    assert again["cells"] == trained["cells"]
+
+    # MLQA by its distributed names: build dev-context-<c>-question-<q>.json files from XQuAD.
+    mlqa = tmp_path / "mlqa"
+    mlqa.mkdir()
+    xquad = {lang: json.loads((DATA_DIR / "xquad" / f"xquad.{lang}.json").read_text()) for lang in ("en", "de")}
+    for q in ("en", "de"):
+        for c in ("en", "de"):
+            data = json.loads(json.dumps(xquad[c]))
+            questions = {qa["id"]: qa["question"] for a in xquad[q]["data"] for p in a["paragraphs"] for qa in p["qas"]}
+            for article in data["data"]:
+                for paragraph in article["paragraphs"]:
+                    for qa in paragraph["qas"]:
+                        qa["question"] = questions[qa["id"]]
+            (mlqa / f"dev-context-{c}-question-{q}.json").write_text(json.dumps(data))
+    mlqa_set = f"eval.sets=[{{name: mlqa, format: mlqa, path: {mlqa}, max_examples: 12}}]"
+    xdist("eval", str(job), "--checkpoint", str(out / "export"), "--out", str(tmp_path / "eval-mlqa"),
+          "--set", mlqa_set)
+    metrics = json.loads((tmp_path / "eval-mlqa" / "metrics.json").read_text())["sets"]["mlqa"]
+    assert metrics["num_cells"] == 4
+    assert {c["normalizer"] for c in metrics["cells"]} == {"mlqa-v1:en", "mlqa-v1:de"}
+
+    accumulator = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "perf/samples_per_s", "perf/tokens_per_s",
+                "eval/xquad/g_xlt_f1", "eval/xquad/xlt_f1", "eval/xquad/f1/de-en"):
+        assert tag in tags["scalars"], f"{tag} missing from TensorBoard: {tags['scalars']}"
+    assert [e.step for e in accumulator.Scalars("eval/xquad/g_xlt_f1")] == [8, 16]
+    assert "eval/xquad/g_xlt_heatmap" in tags["images"]
+    lrs = [e.value for e in accumulator.Scalars("train/lr")]
+    assert lrs[-1] < lrs[0], "learning rate should decay linearly"
+
+
+def test_resume_continues_with_identical_losses(job, tmp_path):
+    """Stop after step 8 of 16 (fp32, dropout on): the resumed run logs the same loss at every later step."""
+    full = tmp_path / "full"
+    common = ["--nproc", "2", "--set", "eval.sets=[]", "--set", "train.export=false", "--set", "train.checkpoint_every=8",
+              "--set", "model.dropout=0.1", "--set", "data.num_workers=1"]
+    xdist("train", str(job), *common, "--set", f"train.output_dir={full}")
+    reference = step_losses(full)
+
+    # The interrupted run: the state a run killed after its step-8 checkpoint leaves on disk.
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "step16")
+    (cut / "checkpoints" / "latest").write_text("step8")
+    log = [line for line in (cut / "train_log.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 8]
+    (cut / "train_log.jsonl").write_text("\n".join(log) + "\n")
+
+    xdist("train", str(job), *common, "--set", f"train.output_dir={cut}", "--resume")
+    resumed = step_losses(cut)
+    assert sorted(resumed) == list(range(1, 17))
+    for step in range(9, 17):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), f"step {step}"

@@ -166,8 +166,8 @@ def test_export_eval_and_tensorboard(job, tmp_path):
 def test_resume_continues_with_identical_losses(job, tmp_path):
     """Stop after step 8 of 16 (fp32, dropout on): the resumed run logs the same loss at every later step."""
     full = tmp_path / "full"
-    common = ["--nproc", "2", "--set", "eval.sets=[]", "--set", "train.export=false", "--set", "train.checkpoint_every=8",
-              "--set", "model.dropout=0.1", "--set", "data.num_workers=1"]
+    common = ["--nproc", "2", "--set", "eval.sets=[]", "--set", "train.export=false",
+              "--set", "train.checkpoint_every=8", "--set", "model.dropout=0.1", "--set", "data.num_workers=1"]
     xdist("train", str(job), *common, "--set", f"train.output_dir={full}")
     reference = step_losses(full)
 

@@ -849,7 +849,7 @@ def _span_kd_fwd_kernel(
 
     # ---- pass 2: dS into its own buffer ----------------------------------------------------------
     if COMPUTE_GRAD:
-        inv_n = 1.0 / (2 * B).to(tl.float32)
+        inv_n = 0.5 / B  # 1/N, N = 2B rows (B may be specialised to the constant 1)
         # KD weight of each row: constant, per example, or 1 (SPLIT: the batch coefficient is
         # applied by the backward kernel, once every row has been seen).
         w = tl.full([ROWS], 1.0, tl.float32)
@@ -909,10 +909,10 @@ def _span_kd_fwd_kernel(
                     tl.float32, bitcast=True)
                 acc_sc += r_a + r_b
                 acc_wkl += 0.5 * (r_a + r_b) * (k_a + k_b)
-        inv_n = 1.0 / (2 * B).to(tl.float32)
+        inv_n = 0.5 / B  # 1/N, N = 2B rows (B may be specialised to the constant 1)
         kl_mean = tl.sum(acc_kl, axis=0) * inv_n
         if COEF_MODE == 0:
-            coef = alpha_kl + 0.0 * kl_mean
+            coef = alpha_kl  # never NaN, even when a KL row is
             kd = alpha_kl * kl_mean
         elif SCOPE_EXAMPLE:
             coef = alpha_kl * tl.sum(acc_sc, axis=0) * inv_n

@@ -88,12 +88,16 @@ class Throughput:
         self._samples += samples
         self._tokens += tokens
 
+    def reset(self) -> None:
+        """Start a new window (after an evaluation or checkpoint, so they don't count as training time)."""
+        self._start, self._samples, self._tokens = time.perf_counter(), 0, 0
+
     def rate(self) -> tuple[float, float]:
         """(samples/s, tokens/s) since the previous call; resets the window."""
         now = time.perf_counter()
         elapsed = max(now - self._start, 1e-9)
         rates = (self._samples / elapsed, self._tokens / elapsed)
-        self._start, self._samples, self._tokens = now, 0, 0
+        self.reset()
         return rates
 
 

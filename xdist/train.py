@@ -243,8 +243,10 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
                 )
             if tcfg.eval_every and step % tcfg.eval_every == 0 and step < total_steps:
                 evaluate(f"step{step}")
+                throughput.reset()
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < total_steps:
                 save_checkpoint()
+                throughput.reset()
             if step >= total_steps:
                 break
         else:

@@ -38,10 +38,11 @@ Ranking and ties. rank(j) = 1 + #{i ∈ V : t_i > t_j or (t_i = t_j and i < j)}:
 index ascending, over raw teacher logits (T > 0 does not change the order). The authors call
 ``softmax(t/T).topk(10)``, whose order for equal values is unspecified: on CPU torch 2.13
 ``topk`` does *not* put the lower index first (e.g. 10 equal values come back as 24, 28, 27, ...),
-and the CUDA radix-select differs again. The reference therefore defines the order explicitly and
-deterministically (stable sort) and the kernel counts with the same rule, without sorting. Away
-from ties this equals ``torch.topk`` order; ranking logits instead of float probabilities also
-avoids the artificial ties of probabilities that underflow to 0.
+and the CUDA implementation (radix select) documents no order either. The reference therefore
+defines the order explicitly and deterministically (stable sort) and the kernel counts with the
+same rule, without sorting: results are identical on every device. Away from ties this equals
+``torch.topk`` order; ranking logits instead of float probabilities also avoids the artificial ties
+of probabilities that underflow to 0.
 
 Numerics. Everything is fp32 in the kernel (fp16/bf16/fp32 in; fp64 goes to the reference). The
 row statistics are one pass with online (max, sum) rescaling and the centred factored form
@@ -55,10 +56,18 @@ position gives NaN (``validate`` reports it as an error first when enabled).
 Launches. Forward: one kernel (rows in [ROWS, BLOCK_L] tiles, the last program to finish reduces
 the per-row values into the loss through a self-resetting ticket counter). Backward: one kernel
 writing a fresh dS = grad_output · (stored dS) (or, for a ranked batch-scope coefficient, which
-is known only after every row is seen, grad_output · (dS_ce + coef · dS_kl)). Reading
-grad_output on the host to skip the multiply would cost a device→host sync, which is dearer than
-the launch, so on CUDA the multiply always runs; on CPU (interpreter) the skip is taken when
-grad_output == 1. A fresh buffer (never an in-place rescale) keeps ``retain_graph`` correct.
+is known only after every row is seen, grad_output · (dS_ce + coef · dS_kl), from two fp32
+buffers the forward kept; that backward launch always runs). Reading grad_output on the host to
+skip the multiply would cost a device→host sync, which is dearer than the launch, so on CUDA the
+multiply always runs; on CPU (interpreter) the skip is taken when grad_output == 1. A fresh buffer
+(never an in-place rescale) keeps ``retain_graph`` correct. Inside the forward kernel the gradient
+is a second sweep over s and t (rows up to BLOCK_L = 4096 are one tile; the re-read hits L2 at QA
+sizes); longer rows loop over tiles with the same online statistics.
+
+Limits. The ticket counter is one int32 per (device, stream): launches on one stream serialise, so
+they cannot collide. CUDA-graph capture has not been tried. The kernels were verified under the
+Triton interpreter and compiled to sm_90 cubins offline, not yet run on a GPU. The Triton path
+needs fp32/fp16/bf16 logits (fp64 uses the reference).
 """
 
 from collections.abc import Sequence
@@ -323,28 +332,34 @@ def _validate_values(inp: _Inputs, opts: SpanKDOptions) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def stable_rank_order(teacher: Tensor, valid: Tensor) -> Tensor:
+def stable_rank_order(teacher: Tensor, valid: Tensor | None = None) -> Tensor:
     """Positions of each row in ranking order: valid before masked, value descending, index ascending.
 
-    teacher: [..., L]; valid: bool broadcastable to it. Deterministic on every device (stable sort),
-    unlike ``torch.topk`` whose order among equal values is unspecified.
+    teacher: [..., L]; valid: bool broadcastable to it (None: all valid). Deterministic on every
+    device (stable sort), unlike ``torch.topk`` whose order among equal values is unspecified.
     """
-    valid = valid.expand_as(teacher)
     by_value = torch.sort(teacher, dim=-1, descending=True, stable=True).indices
+    if valid is None:
+        return by_value
+    valid = valid.expand_as(teacher)
     valid_first = torch.sort(valid.gather(-1, by_value).to(torch.int8), dim=-1, descending=True,
                              stable=True).indices
     return by_value.gather(-1, valid_first)
 
 
-def rank_scores(teacher: Tensor, gold: Tensor, valid: Tensor, coef: CoefMode, k: int, window: int) -> Tensor:
+def rank_scores(teacher: Tensor, gold: Tensor, valid: Tensor | None, coef: CoefMode, k: int,
+                window: int) -> Tensor:
     """Per-row rank score (see module docstring) from teacher logits, no gradient.
 
-    teacher: [..., L]; gold: [...] int; valid: bool broadcastable to teacher. Returns float [...].
+    teacher: [..., L]; gold: [...] int; valid: bool broadcastable to teacher, or None (all valid).
+    Returns float64 [...]. Uses a stable sort: an oracle independent of the kernel's counting.
     """
     with torch.no_grad():
         L = teacher.shape[-1]
-        valid = valid.expand_as(teacher)
         order = stable_rank_order(teacher, valid)
+        if valid is None:
+            valid = torch.ones_like(teacher, dtype=torch.bool)
+        valid = valid.expand_as(teacher)
         kk = min(k, L)
         top = order[..., :kk]
         top_valid = valid.gather(-1, top)
@@ -411,7 +426,8 @@ def span_kd_reference(
     N = 2 * inp.B
     if opts.ranked:
         g = torch.stack((inp.gold0, inp.gold1), dim=1)
-        scores = rank_scores(t_raw, g, valid, opts.coef, opts.k, opts.window).to(cdt)  # [B, 2]
+        all_valid = inp.lengths is None and inp.mask is None  # skips the validity sort
+        scores = rank_scores(t_raw, g, None if all_valid else valid, opts.coef, opts.k, opts.window).to(cdt)
         if opts.scope == "batch":
             coef = opts.alpha_kl * scores.mean()
             kd = coef * kl.mean()

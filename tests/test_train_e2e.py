@@ -184,3 +184,58 @@ def test_resume_continues_with_identical_losses(job, tmp_path):
     assert sorted(resumed) == list(range(1, 17))
     for step in range(9, 17):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), f"step {step}"
+
+
+SHORT = ["--set", "train.max_steps=4", "--set", "eval.sets=[]", "--set", "train.export=false"]
+
+
+def launch_env(**extra: str) -> dict[str, str]:
+    return {**ENV, "PYTHON": sys.executable, **extra}
+
+
+def test_single_process_without_launcher(job, tmp_path):
+    xdist("train", str(job), *SHORT, "--set", f"train.output_dir={tmp_path}")
+    assert sorted(step_losses(tmp_path)) == [1, 2, 3, 4]
+
+
+def test_two_nodes_through_torchrun_script(job, tmp_path):
+    """launch/torchrun.sh as two 'nodes' (one rank each) meeting at a c10d rendezvous on loopback."""
+    from xdist.distributed import free_port
+
+    env = launch_env(NNODES="2", NPROC_PER_NODE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+                     RDZV_ID=f"test-{tmp_path.name}")
+    args = ["bash", str(REPO / "launch" / "torchrun.sh"), str(job), *SHORT, "--set", f"train.output_dir={tmp_path}"]
+    nodes = [subprocess.Popen(args, cwd=REPO, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for rank in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, 9)
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert sorted(step_losses(tmp_path)) == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "ds_config.json").read_text())["train_batch_size"] == 2 * 4
+
+
+def test_deepspeed_launcher_with_hostfile(job, tmp_path):
+    """launch/deepspeed.sh: DeepSpeed's own launcher, hostfile 'localhost slots=2', --local_rank passed on."""
+    from xdist.distributed import free_port
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    env = launch_env(HOSTFILE=str(hostfile), MASTER_PORT=str(free_port()), DEEPSPEED_ARGS="--no_ssh_check")
+    result = subprocess.run(
+        ["bash", str(REPO / "launch" / "deepspeed.sh"), str(job), *SHORT,
+         "--set", f"train.output_dir={tmp_path / 'run'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(step_losses(tmp_path / "run")) == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "run" / "ds_config.json").read_text())["train_batch_size"] == 2 * 4
+
+
+def test_slurm_script_parses():
+    """No SLURM here: the batch script is only checked for shell syntax (`bash -n`)."""
+    result = subprocess.run(["bash", "-n", str(REPO / "launch" / "slurm.sbatch")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -30,8 +30,30 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _launch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=None, help="start N local ranks (torchrun --standalone)")
-    # The deepspeed launcher appends --local_rank=<n>; LOCAL_RANK in the environment is what we use.
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _strip_local_rank(argv: list[str]) -> list[str]:
+    """Drop the ``--local_rank=N`` the ``deepspeed`` launcher inserts (before the subcommand).
+
+    ``LOCAL_RANK`` in the environment, which every launcher sets, is what :mod:`xdist.distributed` reads;
+    the argument is only adopted when the environment lacks it.
+    """
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        for flag in ("--local_rank", "--local-rank"):
+            if arg == flag and i + 1 < len(argv):
+                os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+                skip = True
+                break
+            if arg.startswith(flag + "="):
+                os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+                break
+        else:
+            out.append(arg)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +102,7 @@ def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _strip_local_rank(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     for key, value in _CPU_ENV.items():
         os.environ.setdefault(key, value)

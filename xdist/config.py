@@ -302,6 +302,72 @@ class EvalConfig:
 
 
 @dataclass
+class MethodConfig:
+    """How a batch becomes a loss: plain span CE, or self-knowledge distillation (Carrino et al.)."""
+
+    name: Literal["ce", "skd"] = "ce"
+    """``ce``: span cross-entropy (the spine, stage 1). ``skd``: CE + KD from a frozen teacher (stage 2)."""
+
+    teacher: Literal["self", "fixed"] = "self"
+    """``self``: self-distillation in generations — at the start of every epoch after the first the
+    teacher becomes a frozen copy of the student (the authors' ``--self_distil``). ``fixed``: the
+    generation-0 teacher stays for the whole run (plain KD)."""
+
+    teacher_checkpoint: str | None = None
+    """Generation-0 teacher: a local ``save_pretrained`` directory. None = the student's initial weights
+    (``model.checkpoint``, the stage-1 model), as in the authors' scripts."""
+
+    alpha_ce: float = 1.0
+    """Weight of the hard-label CE (0 = the no-CE ablation)."""
+
+    alpha_kl: float = 1.0
+    """Constant KD weight; with a ranked ``coefficient`` it multiplies the coefficient."""
+
+    coefficient: Literal["constant", "map", "ap", "mrr"] = "constant"
+    """KD weight from the teacher: ``constant`` (alpha_kl), ``map`` (the authors' mAP@k: reciprocal rank of
+    the first top-k position within ±window of the gold), ``ap`` (textbook AP@k), ``mrr`` (exact-match
+    reciprocal rank)."""
+
+    coefficient_scope: Literal["batch", "example"] = "batch"
+    """One coefficient per micro-batch (authors: mean over rows and start/end) or one per example."""
+
+    temperature: float = 2.0
+    """KD temperature T (the CE term uses T = 1)."""
+
+    direction: Literal["forward", "reverse", "symmetric"] = "forward"
+    """KL(teacher‖student) (authors), KL(student‖teacher), or their sum."""
+
+    k: int = 10
+    """Top-k cut-off of the coefficient."""
+
+    window: int = 5
+    """Half-width w of the relevant window [gold − w, gold + w − 1] of the ``map``/``ap`` coefficient."""
+
+    t2_scaling: bool = True
+    """Multiply the KL by T² (authors, Hinton et al.)."""
+
+    teacher_cache: Literal["off", "full", "topk"] = "off"
+    """Teacher-logit cache: ``off`` runs the teacher online on every batch; ``full`` runs it once per
+    generation over the training shards and stores all logits (the same loss as online); ``topk`` stores
+    the top ``cache_topk`` logits per head plus the log-sum-exp of the rest (an approximation)."""
+
+    cache_topk: int = 20
+    """Logits kept per head by ``teacher_cache: topk`` (must be >= k for an exact coefficient)."""
+
+    def __post_init__(self) -> None:
+        for name in ("alpha_ce", "alpha_kl"):
+            if getattr(self, name) < 0:
+                _fail(name, f"expected a number >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            _fail("temperature", f"expected a number > 0, got {self.temperature}")
+        for name in ("k", "window", "cache_topk"):
+            if getattr(self, name) < 1:
+                _fail(name, f"expected a positive integer, got {getattr(self, name)}")
+        if self.teacher_cache == "topk" and self.coefficient != "constant" and self.cache_topk < self.k:
+            _fail("cache_topk", f"must be >= k ({self.k}) so the coefficient's ranking is exact")
+
+
+@dataclass
 class JobConfig:
     """A whole job: data → features → shards → model → DeepSpeed training → evaluation."""
 
@@ -319,6 +385,9 @@ class JobConfig:
 
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation sets and decoding."""
+
+    method: MethodConfig = field(default_factory=MethodConfig)
+    """Training method (loss) and, for distillation, the teacher."""
 
 
 # --------------------------------------------------------------------------------------------------

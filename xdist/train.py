@@ -143,7 +143,10 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
         cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, ds_config=ds_config
     )
     engine = Engine.create(model, tcfg, dist, total_steps, ds_config=ds_config)
-    method = build_method()
+    method = build_method(
+        cfg.method, output_dir=out, dist=dist, manifest_for_epoch=lambda epoch: stream.manifest,
+        cache_batch_size=cfg.eval.batch_size,
+    )
     evaluator = QAEvaluator(cfg, tokenizer, dist) if cfg.eval.sets else None
     monitor = Monitor(out, enabled=dist.is_main)
     if dist.is_main:

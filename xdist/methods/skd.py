@@ -1,0 +1,174 @@
+"""Self-knowledge distillation for G-XLT QA (Carrino et al.): generations, mAP@k-weighted span KD.
+
+Loss per micro-batch (``kernels.span_kd``; Triton on CUDA, the PyTorch reference elsewhere)::
+
+    L = alpha_ce * (CE(s_start, a_start) + CE(s_end, a_end)) / 2
+      + alpha_kl * c * T^2 * (KL_start + KL_end) / 2,   KL_h = mean_b KL(softmax(t_h/T) || softmax(s_h/T))
+
+over all sequence positions (as the authors' code), with ``c = 1`` or the teacher's mAP@k coefficient
+(``method.coefficient``), computed per micro-batch from the teacher's logits and the gold positions,
+with no gradient.
+
+Generations (``method.teacher: self``): epoch 0's teacher is the generation-0 model
+(``method.teacher_checkpoint``, default the student's initial weights = the stage-1 model); at the start
+of every later epoch the teacher becomes a frozen copy of the student at that moment (eval mode, no
+gradient, no optimizer state; gathered from ZeRO-3 partitions). The student, its optimizer and the LR
+schedule carry on across generations. ``teacher: fixed`` keeps generation 0 for the whole run.
+
+Each generation's teacher is saved under ``<output_dir>/teachers/gen<g>`` (safetensors) when it is
+created, so that ``--resume`` in the middle of an epoch restores the very teacher that epoch used.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForQuestionAnswering
+
+from kernels.span_kd import span_kd_loss
+from xdist.config import MethodConfig
+from xdist.data.shards import Manifest
+from xdist.distributed import DistEnv, barrier
+from xdist.methods.base import StepOutput, model_inputs
+from xdist.methods.teacher_cache import TeacherCache, build_teacher_cache
+
+log = logging.getLogger("xdist.skd")
+
+
+class SelfDistillation:
+    """CE + (mAP@k-weighted) KD from a frozen teacher that is refreshed every epoch."""
+
+    name = "skd"
+
+    def __init__(self, cfg: MethodConfig, *, output_dir: Path, dist: DistEnv, manifest_for_epoch: Any,
+                 cache_batch_size: int = 64):
+        self.cfg = cfg
+        self.dist = dist
+        self.teachers_dir = Path(output_dir) / "teachers"
+        self.manifest_for_epoch = manifest_for_epoch
+        self.cache_batch_size = cache_batch_size
+        self.teacher: torch.nn.Module | None = None
+        self.generation: int | None = None
+        self.cache: TeacherCache | None = None
+        self.cache_key: tuple | None = None
+        self.resumed = False
+
+    # ---- generations ----------------------------------------------------------------------------
+
+    def generation_of(self, epoch: int) -> int:
+        return epoch if self.cfg.teacher == "self" else 0
+
+    def on_epoch_start(self, epoch: int, engine: Any) -> None:
+        generation = self.generation_of(epoch)
+        if generation != self.generation:
+            self._set_teacher(generation, engine)
+        if self.cfg.teacher_cache != "off":
+            self._ensure_cache(epoch)
+
+    def _set_teacher(self, generation: int, engine: Any) -> None:
+        snapshot = self.teachers_dir / f"gen{generation}"
+        resuming, self.resumed = self.resumed, False
+        if resuming and (snapshot / "COMPLETE").is_file():
+            # Resuming inside this generation: the teacher is the snapshot taken when it began.
+            self.teacher = self._load_snapshot(snapshot, engine)
+            source = f"snapshot {snapshot}"
+        elif resuming and not (generation == 0 and self.cfg.teacher_checkpoint):
+            raise FileNotFoundError(
+                f"resuming in generation {generation} needs its teacher snapshot {snapshot} (with COMPLETE), "
+                "written when the generation began; it is missing, so the teacher cannot be restored"
+            )
+        else:
+            if generation == 0 and self.cfg.teacher_checkpoint:
+                self.teacher = self._load_snapshot(Path(self.cfg.teacher_checkpoint), engine)
+                source = f"checkpoint {self.cfg.teacher_checkpoint}"
+            elif self.teacher is None:
+                self.teacher = engine.frozen_copy()
+                source = "a frozen copy of the student"
+            else:
+                engine.copy_weights_into(self.teacher)  # in place: no re-allocation per generation
+                source = "the student (refreshed in place)"
+            self._save_snapshot(snapshot)
+        self.teacher.eval().requires_grad_(False)
+        self.generation = generation
+        self.cache, self.cache_key = None, None
+        log.info("generation %d: teacher = %s", generation, source)
+
+    def _load_snapshot(self, path: Path, engine: Any) -> torch.nn.Module:
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"teacher {path}: expected a save_pretrained directory with config.json")
+        teacher = AutoModelForQuestionAnswering.from_pretrained(path, local_files_only=True)
+        return teacher.to(device=self.dist.device)
+
+    def _save_snapshot(self, snapshot: Path) -> None:
+        if self.dist.is_main:
+            if snapshot.exists():
+                shutil.rmtree(snapshot)  # a stale generation of an earlier run (and its caches)
+            self.teacher.save_pretrained(snapshot)
+            (snapshot / "COMPLETE").write_text("ok\n")
+        barrier()
+
+    # ---- teacher-logit cache --------------------------------------------------------------------
+
+    def _ensure_cache(self, epoch: int) -> None:
+        manifest: Manifest = self.manifest_for_epoch(epoch)
+        key = (self.generation, manifest.directory, manifest.config_fingerprint)
+        if self.cache is not None and self.cache_key == key:
+            return
+        cfg = self.cfg
+        name = f"cache-{cfg.teacher_cache}-k{cfg.cache_topk}-T{cfg.temperature:g}-{manifest.config_fingerprint[:12]}"
+        if manifest.directory.name.startswith("epoch-"):
+            name += f"-{manifest.directory.name}"
+        self.cache = build_teacher_cache(
+            self.teacher, manifest, self.teachers_dir / f"gen{self.generation}" / name, self.dist,
+            mode=cfg.teacher_cache, topk=cfg.cache_topk, temperature=cfg.temperature,
+            batch_size=self.cache_batch_size,
+        )
+        self.cache_key = key
+
+    # ---- the loss -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def teacher_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Teacher start/end logits [B, 2, L] for ``batch``: from the cache, or a forward pass."""
+        if self.cache is not None:
+            return self.cache.logits(batch["keys"], self.dist.device)
+        inputs = {k: v.to(self.dist.device) for k, v in model_inputs(batch).items()}
+        out = self.teacher(**inputs)
+        return torch.stack([out.start_logits, out.end_logits], dim=1)
+
+    def step(self, engine: Any, batch: dict[str, Any]) -> StepOutput:
+        if self.teacher is None:
+            raise RuntimeError("SelfDistillation.step before on_epoch_start: no teacher yet")
+        outputs = engine.forward(**model_inputs(batch))
+        student = torch.stack([outputs.start_logits, outputs.end_logits], dim=1)  # [B, 2, L]
+        teacher = self.teacher_logits(batch).to(student.dtype)
+        gold = torch.stack([batch["start_positions"], batch["end_positions"]], dim=1).to(student.device)
+        cfg = self.cfg
+        result = span_kd_loss(
+            student, teacher, gold, temperature=cfg.temperature, k=cfg.k, window=cfg.window,
+            direction=cfg.direction, alpha_ce=cfg.alpha_ce, alpha_kl=cfg.alpha_kl, coef=cfg.coefficient,
+            scope=cfg.coefficient_scope, t2_scaling=cfg.t2_scaling,
+        )
+        logs = {
+            "loss/kd": result.kl_rows.float().mean().item(),
+            "kd/weight": result.coef.float().item(),  # what multiplied the KD term
+            "kd/generation": float(self.generation),
+        }
+        if result.coef_rows is not None:  # the teacher's mean rank score (the paper's diagnostic)
+            logs["kd/coefficient"] = result.coef_rows.float().mean().item()
+        if result.ce_rows is not None:
+            logs["loss/ce"] = result.ce_rows.float().mean().item()
+        return StepOutput(loss=result.loss, logs=logs)
+
+    # ---- checkpoint state -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generation": self.generation}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # The teacher itself is restored from its snapshot at the next on_epoch_start.
+        self.resumed = True

@@ -1,0 +1,161 @@
+"""Teacher-logit cache: run the teacher once per generation over the training shards, keep its logits.
+
+Beyond the paper (Carrino et al. run the teacher online on every batch). With a cache the student's
+epoch needs no teacher forward pass; the teacher pass itself runs in inference mode with large batches,
+and a fixed teacher's cache serves every epoch (and every run that shares the shards and the teacher).
+
+Layout: ``<dir>/rank<r>-of-<R>.npz`` per rank (each rank computes the logits of the shards with index
+``r mod R``) and ``<dir>/COMPLETE`` once all ranks are done. Files hold plain arrays (``np.load``
+without pickle): ``keys`` (str), and either
+
+- ``full``: ``logits`` [N, 2, L] float32 — the teacher's start/end logits exactly (a bf16 teacher's
+  values are representable in float32, so the loss equals the online teacher's bit for bit), or
+- ``topk``: ``values`` [N, 2, K] float32, ``indices`` [N, 2, K] int32 and ``rest_lse`` [N, 2] float32,
+  the log-sum-exp of ``t/T`` over the positions outside the top K.
+
+**The top-k approximation.** The dense logits are rebuilt with the top-K values in place and every
+other position set to ``T·(rest_lse − log(L − K))``: the teacher's probability mass outside the top K
+is exact in total but spread uniformly over those positions. The KD term is therefore exact on the top
+K and approximate on the tail (its entropy is overestimated); the ranking — hence the mAP@k/AP@k/MRR
+coefficient, for k ≤ K — is unchanged, because the filled value ``T·log(mean exp(t/T))`` over the tail
+is at most the tail's maximum, which is at most the K-th largest value. Cached logits are only valid
+for the temperature they were built with (``rest_lse`` depends on T).
+
+Memory: every rank loads the whole cache (``full``: 8·L bytes per feature and head pair, e.g. 132 MB
+for 43k features at L = 384); use ``topk`` at larger scale.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from xdist.data.shards import Manifest, decode_sample, raw_samples
+from xdist.distributed import DistEnv, barrier
+
+log = logging.getLogger("xdist.cache")
+
+
+class TeacherCache:
+    """Teacher start/end logits for every training sample of one shard set and one generation."""
+
+    def __init__(self, keys: list[str], mode: str, length: int, temperature: float, arrays: dict[str, np.ndarray]):
+        self.mode = mode
+        self.length = length
+        self.temperature = temperature
+        self.index = {key: i for i, key in enumerate(keys)}
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def logits(self, keys: list[str], device: torch.device) -> torch.Tensor:
+        """Teacher logits [B, 2, L] (float32) for the samples ``keys`` (dense; rebuilt for ``topk``)."""
+        try:
+            rows = np.asarray([self.index[k] for k in keys])
+        except KeyError as err:
+            raise KeyError(f"teacher cache has no logits for sample {err}; rebuild it (delete the cache dir)") from None
+        if self.mode == "full":
+            return torch.from_numpy(self.arrays["logits"][rows]).to(device)
+        values = torch.from_numpy(self.arrays["values"][rows])  # [B, 2, K]
+        indices = torch.from_numpy(self.arrays["indices"][rows].astype(np.int64))  # [B, 2, K]
+        rest_lse = torch.from_numpy(self.arrays["rest_lse"][rows])  # [B, 2]
+        rest = self.length - values.shape[-1]
+        fill = self.temperature * (rest_lse - math.log(rest)) if rest > 0 else rest_lse * 0
+        dense = fill.unsqueeze(-1).expand(-1, -1, self.length).clone()
+        dense.scatter_(-1, indices, values)
+        return dense.to(device)
+
+
+def _compress(logits: torch.Tensor, topk: int, temperature: float) -> dict[str, np.ndarray]:
+    """Top-k values/indices per head and the log-sum-exp of ``t/T`` over the rest."""
+    k = min(topk, logits.shape[-1])
+    values, indices = torch.topk(logits, k, dim=-1)
+    scaled = logits / temperature
+    in_top = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, indices, True)
+    rest_lse = torch.logsumexp(scaled.masked_fill(in_top, -math.inf), dim=-1)
+    return {"values": values.numpy(), "indices": indices.to(torch.int32).numpy(), "rest_lse": rest_lse.numpy()}
+
+
+@torch.no_grad()
+def build_teacher_cache(
+    teacher: torch.nn.Module,
+    manifest: Manifest,
+    directory: Path,
+    dist: DistEnv,
+    *,
+    mode: str,
+    topk: int,
+    temperature: float,
+    batch_size: int,
+) -> TeacherCache:
+    """Compute (or reuse, if complete) the cache of ``teacher`` over ``manifest``'s shards; load it.
+
+    Collective: every rank calls it (each computes a share of the shards, then all load everything).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    mine = directory / f"rank{dist.rank}-of-{dist.world_size}.npz"
+    if not (directory / "COMPLETE").is_file():
+        urls = [str(manifest.shard_path(s)) for i, s in enumerate(manifest.shards) if i % dist.world_size == dist.rank]
+        keys: list[str] = []
+        parts: list[dict[str, np.ndarray]] = []
+        batch: list = []
+        device = next(teacher.parameters()).device
+
+        def flush() -> None:
+            inputs = {
+                name: torch.from_numpy(np.stack([getattr(s, name) for s in batch]).astype(np.int64)).to(device)
+                for name in ("input_ids", "attention_mask", "token_type_ids")
+            }
+            out = teacher(**inputs)
+            logits = torch.stack([out.start_logits, out.end_logits], dim=1).float().cpu()  # [B, 2, L]
+            parts.append({"logits": logits.numpy()} if mode == "full" else _compress(logits, topk, temperature))
+            keys.extend(s.key for s in batch)
+            batch.clear()
+
+        expected = sum(s.samples for i, s in enumerate(manifest.shards) if i % dist.world_size == dist.rank)
+        with tqdm(total=expected, desc="teacher cache", disable=not dist.is_main, leave=False) as bar:
+            for raw in raw_samples(urls):
+                batch.append(decode_sample(raw, manifest.max_length))
+                if len(batch) == batch_size:
+                    bar.update(len(batch))
+                    flush()
+            if batch:
+                bar.update(len(batch))
+                flush()
+        arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
+        tmp = mine.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.asarray(keys, dtype=str), **arrays)
+        tmp.rename(mine)
+        barrier()
+        if dist.is_main:
+            (directory / "COMPLETE").write_text(f"{mode} topk={topk} T={temperature}\n")
+        barrier()
+    return load_teacher_cache(directory, dist.world_size, mode=mode, length=manifest.max_length,
+                              temperature=temperature)
+
+
+def load_teacher_cache(directory: Path, world_size: int, *, mode: str, length: int, temperature: float) -> TeacherCache:
+    """Load every rank's part of a complete cache directory."""
+    keys: list[str] = []
+    parts: dict[str, list[np.ndarray]] = {}
+    for rank in range(world_size):
+        path = directory / f"rank{rank}-of-{world_size}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher cache {directory} lacks {path.name}; delete the directory to rebuild it")
+        with np.load(path, allow_pickle=False) as data:
+            keys.extend(data["keys"].tolist())
+            for name in data.files:
+                if name != "keys":
+                    parts.setdefault(name, []).append(data[name])
+    arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    expected = {"full": {"logits"}, "topk": {"values", "indices", "rest_lse"}}[mode]
+    if keys and set(arrays) != expected:
+        raise ValueError(f"teacher cache {directory} holds {sorted(arrays)}, expected {sorted(expected)} ({mode})")
+    log.info("teacher cache %s: %d samples (%s)", directory, len(keys), mode)
+    return TeacherCache(keys, mode, length, temperature, arrays)

@@ -45,3 +45,13 @@ def mbert_tokenizer(tokenizer_path):
     from xdist.data.features import load_tokenizer
 
     return load_tokenizer(tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def job(tmp_path_factory) -> Path:
+    """A tiny real job (16 TyDi QA English examples, prepared shards) for tests that drive the CLI."""
+    from tests.cli_helpers import HAS_DATA, make_job
+
+    if not HAS_DATA:
+        pytest.skip(f"real data not found: {DATA_DIR} (set XDIST_DATA to the shared data directory)")
+    return make_job(tmp_path_factory)

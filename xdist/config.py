@@ -41,6 +41,39 @@ def _fail(path: str, message: str) -> typing.NoReturn:
 
 
 @dataclass
+class SamplingConfig:
+    """Cross-lingual sampling (Carrino et al., "CLS"): which (question, context) language pairs each
+    question of a parallel source contributes. See :mod:`xdist.data.sampling` for the exact rule."""
+
+    ntl: int = 5
+    """Number of target languages drawn per question, uniformly without replacement. Pivot-centric: ntl
+    non-pivot languages plus the pivot (ntl=5 over the 7 MLQA languages: 6 languages, 36 pairs).
+    Non-pivot-centric: ntl languages from all of them. ``ntl`` >= the number of candidates: every
+    language (all n x n pairs); ``ntl`` = 0: every language, diagonal pairs only (the authors' rules)."""
+
+    pivot: str = "en"
+    """The language added to every question's set when ``pivot_centric`` (the authors' English)."""
+
+    pivot_centric: bool = True
+    """True: the pivot is always in the set and ntl more are drawn from the others (the authors'
+    default). False: ntl languages drawn from all languages, the pivot not forced (the authors'
+    ``--non-en-centric``)."""
+
+    seed: int = 3
+    """Seed of the draws (the authors' 3). Each question's draw depends only on (seed, epoch, question id)."""
+
+    per_epoch: bool = False
+    """False: one draw, used by every epoch (the authors). True: a fresh draw per epoch; ``xdist prepare``
+    writes one shard set per epoch (``train.epochs`` of them) and the stream reads epoch e's set."""
+
+    def __post_init__(self) -> None:
+        if self.ntl < 0:
+            _fail("ntl", f"expected an integer >= 0, got {self.ntl}")
+        if not re.fullmatch(r"[a-z]{2,3}", self.pivot):
+            _fail("pivot", f"expected a language code such as 'en', got {self.pivot!r}")
+
+
+@dataclass
 class SourceConfig:
     """One raw QA data source: a SQuAD-v1.1-format file (or a family of them) and its languages."""
 
@@ -73,9 +106,22 @@ class SourceConfig:
     use of it for training must split by article, never by question."""
 
     max_examples: int | None = None
-    """Keep at most this many examples per (question, context) cell (None = all); for quick runs."""
+    """Keep at most this many examples per (question, context) cell (None = all); for quick runs. With
+    ``sampling``: at most this many questions (each contributing all its sampled pairs)."""
+
+    sampling: SamplingConfig | None = None
+    """Cross-lingual sampling of (question, context) pairs per question (``format: xquad`` only; replaces
+    ``pairs``). None = the cells of ``pairs``."""
 
     def __post_init__(self) -> None:
+        if self.sampling is not None:
+            if self.format != "xquad":
+                _fail("sampling", f"needs a parallel source (format: xquad), got format {self.format!r}")
+            if self.pairs is not None:
+                _fail("pairs", f"cannot be combined with 'sampling', which decides the cells (got {self.pairs!r})")
+            languages = self.languages
+            if self.sampling.pivot_centric and languages is not None and self.sampling.pivot not in languages:
+                _fail("sampling.pivot", f"{self.sampling.pivot!r} is not among languages {languages}")
         if not self.name:
             _fail("name", "expected a non-empty string")
         if not self.path:
@@ -346,8 +392,8 @@ class MethodConfig:
     t2_scaling: bool = True
     """Multiply the KL by T² (authors, Hinton et al.)."""
 
-    teacher_cache: Literal["off", "full", "topk"] = "off"
-    """Teacher-logit cache: ``off`` runs the teacher online on every batch; ``full`` runs it once per
+    teacher_cache: Literal["online", "full", "topk"] = "online"
+    """Teacher-logit cache: ``online`` (no cache) runs the teacher on every batch; ``full`` runs it once per
     generation over the training shards and stores all logits (the same loss as online); ``topk`` stores
     the top ``cache_topk`` logits per head plus the log-sum-exp of the rest (an approximation)."""
 
@@ -432,6 +478,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return _coerce(value, option, path)
             except ConfigError as err:
                 errors.append(str(err))
+        sections = [o for o in options if dataclasses.is_dataclass(o)]
+        if len(errors) == 1 and sections:
+            # An optional section (``X | None``): its own error names the inner field; keep it.
+            raise ConfigError(errors[0]) from None
         _fail(path, f"expected {' or '.join(_type_name(o) for o in options)}, got {value!r}")
     if origin is Literal:
         allowed = typing.get_args(tp)

@@ -66,7 +66,7 @@ class SelfDistillation:
         generation = self.generation_of(epoch)
         if generation != self.generation:
             self._set_teacher(generation, engine)
-        if self.cfg.teacher_cache != "off":
+        if self.cfg.teacher_cache != "online":
             self._ensure_cache(epoch)
 
     def _set_teacher(self, generation: int, engine: Any) -> None:

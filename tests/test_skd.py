@@ -1,0 +1,104 @@
+"""Self-knowledge distillation (Carrino et al.) on real 2-rank DeepSpeed jobs: generations, coefficient,
+loss variants, the teacher-logit cache, and resume inside a generation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli_helpers import ENV, HAS_DATA, REPO, step_losses, xdist
+from tests.conftest import DATA_DIR
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not HAS_DATA, reason=f"shared data not found at {DATA_DIR}"),
+]
+
+WORKER = REPO / "tests" / "distributed" / "skd_worker.py"
+SKD = ["--nproc", "2", "--set", "method.name=skd", "--set", "method.coefficient=map", "--set", "eval.sets=[]",
+       "--set", "train.export=false", "--set", "train.max_steps=null", "--set", "train.epochs=3",
+       "--set", "train.log_every=1"]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_generations_refresh_and_freeze_the_teacher(job, tmp_path, stage):
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
+         str(job), str(REPO / "configs" / "deepspeed" / f"zero{stage}.json"), str(tmp_path)],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert record["zero_stage"] == stage
+        assert [e["generation"] for e in record["epochs"]] == [0, 1, 2]
+        for epoch in record["epochs"]:
+            # The teacher is the student at the moment of the refresh, exactly (fp32)...
+            assert epoch["teacher_vs_student_at_refresh"] == 0.0, epoch
+            # ...and stays frozen for the whole epoch while the student moves on.
+            assert epoch["teacher_change_during_epoch"] == 0.0, epoch
+            assert epoch["student_vs_teacher_at_end"] > 1e-4, epoch
+            assert not epoch["teacher_requires_grad"] and not epoch["teacher_has_grad"]
+            assert not epoch["teacher_training_mode"] and epoch["snapshot_complete"]
+
+        check = record["check"]
+        # The logged coefficient is the authors' mAP@10 (±5 window) of the same teacher logits.
+        assert check["logged_coefficient"] == pytest.approx(check["expected_coefficient"], abs=1e-6)
+        assert 0.0 <= check["expected_coefficient"] <= 1.0
+        # alpha_kl = 1 → CE + T²·KL; alpha_kl = coefficient → CE + c·T²·KL (fp32 kernel vs float64 here).
+        assert check["loss_constant"] == pytest.approx(check["ce"] + check["kl"], rel=1e-5, abs=1e-6)
+        assert check["loss_map"] == pytest.approx(check["ce"] + check["expected_coefficient"] * check["kl"],
+                                                  rel=1e-5, abs=1e-6)
+        assert check["logged_kd"] == pytest.approx(check["kl"], rel=1e-5, abs=1e-7)
+
+
+def test_teacher_cache_matches_online_teacher(job, tmp_path):
+    """Full cache: the same loss at every step as the online teacher (hence the same gradients, since the
+    weights evolve identically over 3 generations); top-k cache: the same coefficients, close losses."""
+    runs = {}
+    for mode in ("online", "full", "topk"):
+        out = tmp_path / mode
+        xdist("train", str(job), *SKD, "--set", f"method.teacher_cache={mode}", "--set", f"train.output_dir={out}")
+        runs[mode] = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    online, full, topk = runs["online"], runs["full"], runs["topk"]
+    assert len(online) == len(full) == len(topk) >= 9
+    for a, b in zip(online, full, strict=True):
+        assert a["loss"] == b["loss"] and a["loss/kd"] == b["loss/kd"], (a, b)
+        assert a["kd/coefficient"] == b["kd/coefficient"]
+    for a, c in zip(online, topk, strict=True):
+        assert a["kd/coefficient"] == pytest.approx(c["kd/coefficient"], abs=1e-7)
+        assert c["loss"] == pytest.approx(a["loss"], rel=5e-3)
+    assert (tmp_path / "full" / "teachers" / "gen2").is_dir()
+    assert list((tmp_path / "full" / "teachers" / "gen1").glob("cache-full-*/COMPLETE"))
+
+
+def test_resume_inside_a_generation(job, tmp_path):
+    """Cut after step 8 (generation 1, mid-epoch): the resumed run restores that generation's teacher from
+    its snapshot and logs the same losses and coefficients as the uninterrupted run."""
+    full = tmp_path / "full"
+    common = [*SKD, "--set", "train.checkpoint_every=8", "--set", "model.dropout=0.1"]
+    xdist("train", str(job), *common, "--set", f"train.output_dir={full}")
+    reference = {r["step"]: r for r in map(json.loads, (full / "train_log.jsonl").read_text().splitlines())}
+    last = max(reference)
+    assert reference[8]["kd/generation"] == 1.0 and reference[last]["kd/generation"] == 2.0
+
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    for tag in (cut / "checkpoints").glob("step*"):
+        if tag.name != "step8":
+            shutil.rmtree(tag)
+    (cut / "checkpoints" / "latest").write_text("step8")
+    shutil.rmtree(cut / "teachers" / "gen2")  # generation 2 has not begun at step 8
+    kept = [line for line in (cut / "train_log.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 8]
+    (cut / "train_log.jsonl").write_text("\n".join(kept) + "\n")
+
+    xdist("train", str(job), *common, "--set", f"train.output_dir={cut}", "--resume")
+    resumed = step_losses(cut)
+    resumed_log = {r["step"]: r for r in map(json.loads, (cut / "train_log.jsonl").read_text().splitlines())}
+    for step in range(9, last + 1):
+        assert resumed[step] == pytest.approx(reference[step]["loss"], rel=1e-6, abs=1e-7), f"step {step}"
+        assert resumed_log[step]["kd/coefficient"] == pytest.approx(reference[step]["kd/coefficient"], abs=1e-7)

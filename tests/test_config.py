@@ -96,3 +96,22 @@ def test_file_errors_name_the_file(tmp_path):
     bad = write(tmp_path, "train: [unclosed\n")
     with pytest.raises(ConfigError, match=r"(?s)job.yaml.*not valid YAML.*line"):
         load_config(bad)
+
+
+def test_extends_merges_a_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "train:\n  lr: 1e-3\n  epochs: 3\nmodel:\n  architecture: {hidden_size: 64, num_hidden_layers: 2}\n"
+        "eval:\n  sets:\n    - {name: a, path: p}\n    - {name: b, path: q}\n")
+    (tmp_path / "child.yaml").write_text(
+        "extends: base.yaml\ntrain:\n  lr: 5e-5\nmodel:\n  architecture: {num_hidden_layers: 4}\n"
+        "eval:\n  sets:\n    - {name: c, path: r}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.train.lr == pytest.approx(5e-5) and cfg.train.epochs == 3  # section merged, key replaced
+    assert cfg.model.architecture == {"hidden_size": 64, "num_hidden_layers": 4}  # mappings merge deeply
+    assert [s.name for s in cfg.eval.sets] == ["c"]  # lists are replaced, not appended
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml.*does not exist"):
+        load_config(tmp_path / "orphan.yaml")

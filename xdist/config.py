@@ -607,19 +607,45 @@ def apply_override(raw: dict, assignment: str) -> None:
             node = node[part]
 
 
+def _merge(base: dict, update: dict) -> dict:
+    """Deep merge of mappings; lists and scalars in ``update`` replace those in ``base``."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML job file as a mapping, with ``extends: <file>`` (relative to this file) merged underneath.
+
+    Recipes that differ in a few fields (``configs/carrino/*.yaml``) extend a common base instead of
+    repeating it; the extending file's values win, section by section.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {str(path)!r}: 'extends' forms a cycle")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r}: expected a mapping at top level")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"config file {str(path)!r}: 'extends' must be a file name, got {parent!r}")
+    return _merge(read_yaml(path.parent / parent, (*_seen, path.resolve())), raw)
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> JobConfig:
     """Load a job config from YAML (or defaults when ``path`` is None) and apply ``--set`` overrides."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(path)!r}: expected a mapping at top level")
+    raw: dict = read_yaml(path) if path is not None else {}
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return build(JobConfig, raw)

@@ -1,4 +1,4 @@
-"""``xdist`` command line: ``prepare``, ``train``, ``eval``, ``bench``.
+"""``xdist`` command line: ``prepare``, ``train``, ``eval``, ``bench``, ``compare``.
 
 Thin on purpose: parse arguments, load the config, call the layer that does the work.
 
@@ -79,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--nproc", type=int, default=2, help="ranks for the training measurement")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps to time")
+
+    p = sub.add_parser("compare", help="compare runs' evaluations: G-XLT/XLT, per-cell F1, Wilcoxon tests")
+    p.add_argument("runs", nargs="+", metavar="RUN_OR_REPORT_DIR",
+                   help="training output dir (its eval/final) or report dir (has metrics.json); two or more")
+    p.add_argument("--names", default=None, help="comma-separated run names (default: directory names)")
+    p.add_argument("--baseline", default=None, help="run name every other run is tested against (default: first)")
+    p.add_argument("--set", dest="sets", action="append", default=None, metavar="SETNAME",
+                   help="compare only this evaluation set (repeatable; default: every set all runs share)")
+    p.add_argument("--out", default=None, help="write comparison.md, comparison.json and heatmaps here")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--per-cell", action="store_true", help="also test every (question, context) cell")
     return parser
 
 
@@ -106,6 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key, value in _CPU_ENV.items():
         os.environ.setdefault(key, value)
+
+    if args.command == "compare":
+        from xdist.compare import run_compare
+
+        try:
+            comparison = run_compare(args.runs, names=args.names.split(",") if args.names else None,
+                                     baseline=args.baseline, sets=args.sets, out=args.out, alpha=args.alpha,
+                                     per_cell=args.per_cell)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"xdist compare: error: {error}", file=sys.stderr)
+            return 2
+        print(comparison.to_markdown(), end="")
+        return 0
 
     if args.command in ("train", "eval") and args.nproc and not _in_launch():
         return _relaunch(args, argv)

@@ -16,7 +16,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_every_shipped_recipe_loads():
-    recipes = sorted((REPO / "configs").glob("*.yaml"))
+    recipes = sorted((REPO / "configs").rglob("*.yaml"))
     assert recipes, "configs/ holds no YAML recipe"
     for recipe in recipes:
         assert isinstance(load_config(recipe), JobConfig), recipe
@@ -109,6 +109,10 @@ def test_extends_merges_a_base_file(tmp_path):
     assert cfg.train.lr == pytest.approx(5e-5) and cfg.train.epochs == 3  # section merged, key replaced
     assert cfg.model.architecture == {"hidden_size": 64, "num_hidden_layers": 4}  # mappings merge deeply
     assert [s.name for s in cfg.eval.sets] == ["c"]  # lists are replaced, not appended
+    (tmp_path / "overlay.yaml").write_text("train:\n  epochs: 9\n  seed: 7\n")
+    (tmp_path / "multi.yaml").write_text("extends: [base.yaml, overlay.yaml]\ntrain:\n  seed: 1\n")
+    multi = load_config(tmp_path / "multi.yaml")
+    assert (multi.train.lr, multi.train.epochs, multi.train.seed) == (pytest.approx(1e-3), 9, 1)
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "loop.yaml")

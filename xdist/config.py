@@ -619,7 +619,8 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
-    """A YAML job file as a mapping, with ``extends: <file>`` (relative to this file) merged underneath.
+    """A YAML job file as a mapping, with ``extends: <file>`` or ``extends: [<file>, ...]`` (relative to this
+    file, merged in order) underneath.
 
     Recipes that differ in a few fields (``configs/carrino/*.yaml``) extend a common base instead of
     repeating it; the extending file's values win, section by section.
@@ -635,12 +636,19 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r}: expected a mapping at top level")
-    parent = raw.pop("extends", None)
-    if parent is None:
+    parents = raw.pop("extends", None)
+    if parents is None:
         return raw
-    if not isinstance(parent, str):
-        raise ConfigError(f"config file {str(path)!r}: 'extends' must be a file name, got {parent!r}")
-    return _merge(read_yaml(path.parent / parent, (*_seen, path.resolve())), raw)
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(
+            f"config file {str(path)!r}: 'extends' must be a file name or a list of them, got {parents!r}"
+        )
+    merged: dict = {}
+    for parent in parents:  # later parents override earlier ones; this file overrides them all
+        merged = _merge(merged, read_yaml(path.parent / parent, (*_seen, path.resolve())))
+    return _merge(merged, raw)
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> JobConfig:

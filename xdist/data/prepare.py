@@ -6,12 +6,29 @@ configured tokenizer (:mod:`xdist.data.features`) and written to ``data.shards``
 and the part of the config that decides the shards' content. A shard directory whose manifest carries
 the same fingerprints is up to date and left alone; one with different fingerprints, or with files of
 an interrupted run, is only replaced when asked (``overwrite=True``, ``xdist prepare --overwrite``).
+
+Cross-lingual sampling (``sampling`` on a source, :mod:`xdist.data.sampling`): the sampled examples go
+through the same features/shards path; the manifest's ``pairs`` counts features per cell as always, and
+``feature_stats["sampling"]`` holds each sampled source's report (parameters, questions, examples, the
+histogram of pairs per question, examples per cell and per language). With ``sampling.per_epoch`` on any
+training source, one shard set is written per epoch (``train.epochs`` of them), each a complete shard
+directory with its own manifest::
+
+    <data.shards>/epoch-000/{train-*.tar, manifest.json}
+    <data.shards>/epoch-001/...
+    <data.shards>/epochs.json      (the index: sets, samples and sampling report per set, fingerprints)
+
+Set ``e`` holds epoch ``e``'s draw of the per-epoch sources and the same examples of every other source.
+The index is written last; an interrupted run keeps its completed sets and rewrites only the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +37,7 @@ from tqdm.auto import tqdm
 from xdist.config import JobConfig
 from xdist.data.features import FeatureStats, iter_features, load_tokenizer
 from xdist.data.readers import SkipReport, read_source
+from xdist.data.sampling import EPOCH_INDEX_NAME, EpochIndex, epoch_set_name, load_epoch_index, write_epoch_index
 from xdist.data.shards import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -50,11 +68,11 @@ def shards_config(cfg: JobConfig) -> dict[str, Any]:
     ``uneven``), none of which changes what is written.
     """
     data, features = cfg.data, cfg.features
-    return {
+    config = {
         "format_version": FORMAT_VERSION,
         "shuffle_seed": WRITE_SHUFFLE_SEED,
         "data": {
-            "train": [dataclasses.asdict(source) for source in data.train],
+            "train": [_source_config(source) for source in data.train],
             "title_split": dataclasses.asdict(data.title_split),
             "samples_per_shard": data.samples_per_shard,
             "bad_records": data.bad_records,
@@ -65,6 +83,23 @@ def shards_config(cfg: JobConfig) -> dict[str, Any]:
             "max_query_length": features.max_query_length,
         },
     }
+    if shard_sets_needed(cfg) > 1:
+        config["epoch_sets"] = shard_sets_needed(cfg)
+    return config
+
+
+def _source_config(source) -> dict[str, Any]:
+    # ``sampling: None`` is left out so that shards written before sampling existed stay up to date.
+    values = dataclasses.asdict(source)
+    if values.get("sampling") is None:
+        values.pop("sampling", None)
+    return values
+
+
+def shard_sets_needed(cfg: JobConfig) -> int:
+    """Shard sets ``prepare`` writes: ``train.epochs`` when a training source samples per epoch, else 1."""
+    per_epoch = any(source.sampling is not None and source.sampling.per_epoch for source in cfg.data.train)
+    return cfg.train.epochs if per_epoch else 1
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -133,19 +168,123 @@ def _clear(out_dir: Path) -> None:
     log.info("removed %d old shard/manifest files from %s", removed, out_dir)
 
 
+_EPOCH_DIR_RE = re.compile(r"epoch-\d{3}")
+
+
+def _epoch_dirs(out_dir: Path) -> list[Path]:
+    """``epoch-NNN`` sub-directories of ``out_dir`` that hold our shard files."""
+    if not out_dir.is_dir():
+        return []
+    return sorted(p for p in out_dir.iterdir() if p.is_dir() and _EPOCH_DIR_RE.fullmatch(p.name)
+                  and existing_shard_files(p))
+
+
+def _clear_epoch_layout(out_dir: Path) -> None:
+    """Remove an epoch index and the shard files of every epoch set (never anything else)."""
+    index = out_dir / EPOCH_INDEX_NAME
+    if index.exists():
+        index.unlink()
+    for directory in _epoch_dirs(out_dir):
+        _clear(directory)
+        if not any(directory.iterdir()):
+            directory.rmdir()
+
+
 def prepare(cfg: JobConfig, *, overwrite: bool = False, progress: bool = True) -> Manifest:
     """Read, featurise and shard ``cfg.data.train`` into ``cfg.data.shards``; return the manifest.
 
     If the directory already holds shards of the same config and tokenizer, nothing is done (unless
     ``overwrite``). Raises :class:`ShardError` when it holds different shards and ``overwrite`` is
-    False, and the readers' ``DataError`` for bad sources.
+    False, and the readers' ``DataError`` for bad sources. With per-epoch sampling, several shard sets
+    are written (see the module docstring) and the manifest of epoch 0's set is returned; use
+    :func:`prepare_sets` for all of them.
     """
+    return prepare_sets(cfg, overwrite=overwrite, progress=progress)[0]
+
+
+def prepare_sets(cfg: JobConfig, *, overwrite: bool = False, progress: bool = True) -> list[Manifest]:
+    """Like :func:`prepare`; returns the manifest of every shard set (one, or one per epoch)."""
     if not cfg.data.train:
         raise ShardError("config field 'data.train': no training sources listed; nothing to prepare")
     out_dir = Path(cfg.data.shards)
     config = shards_config(cfg)
-    config_fp = json_fingerprint(config)
     tokenizer_fp = tokenizer_fingerprint(cfg.features.tokenizer)
+    tokenizer = functools.cache(lambda: load_tokenizer(cfg.features.tokenizer))
+    n_sets = shard_sets_needed(cfg)
+    layout = "per-epoch shard sets (epochs.json, epoch-NNN/)"
+    if n_sets == 1:
+        if (out_dir / EPOCH_INDEX_NAME).exists() or _epoch_dirs(out_dir):
+            if not overwrite:
+                raise ShardError(
+                    f"{out_dir} holds {layout} of a per_epoch sampling config, this config writes one shard set; "
+                    "run prepare with overwrite=True (xdist prepare --overwrite) or set data.shards to a new directory"
+                )
+            _clear_epoch_layout(out_dir)
+        return [_prepare_set(cfg, out_dir, config, tokenizer_fp, tokenizer, overwrite, progress, epoch=0)]
+
+    config_fp = json_fingerprint(config)
+    try:
+        index = load_epoch_index(out_dir)
+    except ShardError:
+        if not overwrite:
+            raise
+        index = None
+    if index is not None and not overwrite:
+        if index.config_fingerprint != config_fp or index.tokenizer_fingerprint != tokenizer_fp:
+            reasons = []
+            if index.config_fingerprint != config_fp:
+                reasons.append(f"config changed ({_config_changes(index.config, config) or 'fingerprint differs'})")
+            if index.tokenizer_fingerprint != tokenizer_fp:
+                reasons.append("the tokenizer's files changed")
+            raise ShardError(
+                f"{out_dir} holds {layout} written from a different setup: {', '.join(reasons)}; run prepare with "
+                "overwrite=True (xdist prepare --overwrite) to replace them, or set data.shards to a new directory"
+            )
+    if existing_shard_files(out_dir):
+        if not overwrite:
+            raise ShardError(
+                f"{out_dir} holds a single shard set, this config (per_epoch sampling) writes {layout}; run "
+                "prepare with overwrite=True (xdist prepare --overwrite) or set data.shards to a new directory"
+            )
+        _clear(out_dir)
+    if overwrite:
+        _clear_epoch_layout(out_dir)
+
+    manifests = []
+    for epoch in range(n_sets):
+        set_config = {**config, "epoch_set": epoch}
+        manifests.append(_prepare_set(
+            cfg, out_dir / epoch_set_name(epoch), set_config, tokenizer_fp, tokenizer, overwrite, progress, epoch
+        ))
+    samples = [m.total_samples for m in manifests]
+    if index is not None and not overwrite and index.samples == samples:
+        log.info("%s: %d per-epoch shard sets are up to date; nothing to do", out_dir, n_sets)
+        return manifests
+    stale = [p.name for p in _epoch_dirs(out_dir) if int(p.name.split("-")[1]) >= n_sets]
+    if stale:
+        log.warning("%s also holds shard sets %s that this config does not use; they are left alone", out_dir, stale)
+    index = EpochIndex(
+        sets=[epoch_set_name(epoch) for epoch in range(n_sets)],
+        config_fingerprint=config_fp,
+        tokenizer_fingerprint=tokenizer_fp,
+        config=config,
+        samples=samples,
+        sampling=[m.feature_stats.get("sampling", {}) for m in manifests],
+    )
+    write_epoch_index(out_dir, index)
+    log.info(
+        "prepared %d per-epoch shard sets at %s: %s features", n_sets, out_dir,
+        ", ".join(f"epoch {e}: {n}" for e, n in enumerate(index.samples)),
+    )
+    return manifests
+
+
+def _prepare_set(
+    cfg: JobConfig, out_dir: Path, config: dict, tokenizer_fp: str, tokenizer: Callable[[], Any], overwrite: bool,
+    progress: bool, epoch: int,
+) -> Manifest:
+    """Write one shard set (the sources' draw for ``epoch``) to ``out_dir``, or keep it if up to date."""
+    config_fp = json_fingerprint(config)
     manifest = _existing_manifest(out_dir, config, config_fp, tokenizer_fp, overwrite)
     if manifest is not None:
         return manifest
@@ -156,7 +295,6 @@ def prepare(cfg: JobConfig, *, overwrite: bool = False, progress: bool = True) -
             log.warning("%s also holds files that are not shards (%s); they are left alone", out_dir, foreign[:3])
         _clear(out_dir)
 
-    tokenizer = load_tokenizer(cfg.features.tokenizer)
     skipped_total, stats_total = SkipReport(), FeatureStats()
     meta = ShardMeta(tokenizer_fingerprint=tokenizer_fp, config_fingerprint=config_fp, config=config)
     meta.skipped = {"per_source": {}, "notes": []}
@@ -166,13 +304,15 @@ def prepare(cfg: JobConfig, *, overwrite: bool = False, progress: bool = True) -
         # A generator, so features stream into write_shards (which keeps them only encoded). It fills
         # ``meta`` as it goes; write_shards drains it before building the manifest, so meta is complete.
         for source in cfg.data.train:
-            result = read_source(source, cfg.data)
+            result = read_source(source, cfg.data, epoch=epoch)
             skipped_total.merge(result.skipped)
             meta.skipped["per_source"][source.name] = result.skipped.to_dict()
             meta.skipped["notes"] += [f"{source.name}: {note}" for note in result.notes]
+            if result.sampling is not None:
+                meta.feature_stats.setdefault("sampling", {})[source.name] = result.sampling.to_dict()
             stats = FeatureStats()
             examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example", disable=not progress)
-            yield from iter_features(examples, tokenizer, cfg.features, stats)
+            yield from iter_features(examples, tokenizer(), cfg.features, stats)
             stats_total.merge(stats)
             meta.feature_stats["per_source"][source.name] = stats.to_dict()
             log.info("source %s: %s", source.name, stats.summary())

@@ -33,6 +33,11 @@ Decisions (also in the README of the data layer):
 * **Article split** (``articles: train|eval``): see :func:`split_titles`.
 * ``max_examples`` keeps the first N examples of each cell in file order (after the article filter
   and skipped records), so parallel cells keep the same ids.
+* **Cross-lingual sampling** (``sampling``, ``xquad`` only; :mod:`xdist.data.sampling`): instead of a
+  fixed list of cells, every question id contributes the pairs of its own drawn language set. Examples
+  then come question by question (in the first language's file order); ``max_examples`` counts
+  questions. A question's article side is decided once for the id: parallel files that put the same id
+  under titles on different sides of the split are an error, so no pair crosses the split.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from typing import Any
 
 from xdist.config import DataConfig, SourceConfig, TitleSplitConfig, expand_env
 from xdist.data.examples import Answer, QAExample
+from xdist.data.sampling import SamplingReport, question_cells, question_languages
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +133,9 @@ class ReadResult:
 
     notes: list[str] = field(default_factory=list)
     """Changes that kept records but altered them (duplicate ids made unique), one line each."""
+
+    sampling: SamplingReport | None = None
+    """What cross-lingual sampling drew (sources with ``sampling`` only)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,6 +416,9 @@ class _Read:
     data: DataConfig
     skipped: SkipReport = field(default_factory=SkipReport)
     notes: list[str] = field(default_factory=list)
+    epoch: int = 0
+    """Epoch of a per-epoch sampling draw (see :mod:`xdist.data.sampling`)."""
+    sampling: SamplingReport | None = None
 
     def fail(self, message: str) -> DataError:
         return DataError(f"source '{self.source.name}' (format {self.source.format}): {message}")
@@ -541,6 +553,8 @@ def _read_xquad(read: _Read, location: str) -> list[QAExample]:
             )
         paths = {lang: found[lang] for lang in wanted}
     languages = list(paths)
+    if source.sampling is not None:
+        return _sample_parallel(read, {lang: read.parse(paths[lang]) for lang in languages})
     if source.pairs not in (None, "diagonal", "all"):
         # Load only the languages the listed pairs use.
         cells = read.requested_cells(languages)
@@ -552,6 +566,57 @@ def _read_xquad(read: _Read, location: str) -> list[QAExample]:
     examples = []
     for q, c in cells:
         examples += read.build_cell((q, c), files[c], files[q])
+    return examples
+
+
+def _sample_parallel(read: _Read, files: dict[str, _ParsedFile]) -> list[QAExample]:
+    """Examples of cross-lingual sampling over parallel files: per question id, the pairs of its drawn set."""
+    sampling = read.source.sampling
+    languages = list(files)
+    if sampling.pivot_centric and sampling.pivot not in files:
+        raise read.fail(f"sampling.pivot {sampling.pivot!r} is not among the source's languages {languages}")
+    if len(files) > 1:
+        _check_parallel(files)
+    read.sampling = SamplingReport.start(sampling, read.epoch)
+    records = {lang: {record.id: record for record in parsed.records} for lang, parsed in files.items()}
+    names = {lang: f"{read.source.name}:{parsed.path.name}" for lang, parsed in files.items()}
+    examples: list[QAExample] = []
+    for qid in files[languages[0]].ids:
+        present = {lang: records[lang][qid] for lang in languages if qid in records[lang]}
+        if not present:
+            continue  # skipped in every language; the parser counted each
+        sides = {lang: read.keep_title(r.title, files[lang].path, r.where) for lang, r in present.items()}
+        if len(set(sides.values())) > 1:
+            raise read.fail(
+                f"question id {qid!r} lies on both sides of the article split (titles "
+                f"{ {lang: r.title for lang, r in present.items()} }); parallel files must agree on its article"
+            )
+        if not next(iter(sides.values())):
+            continue
+        chosen = question_languages(qid, languages, sampling, read.epoch)
+        emitted = []
+        for q_lang, c_lang in question_cells(qid, languages, sampling, read.epoch):
+            record = present.get(c_lang)
+            if record is None:
+                continue  # this language's record was skipped (counted by the parser)
+            question = files[q_lang].questions.get(qid)
+            if question is None:
+                read.skipped.add(
+                    "question_missing",
+                    f"{files[q_lang].path}: record id {qid!r} has no usable question for cell {q_lang}-{c_lang}",
+                )
+                continue
+            label = names[c_lang] + (f" (questions from {files[q_lang].path.name})" if q_lang != c_lang else "")
+            examples.append(
+                QAExample(
+                    id=qid, question=question, question_lang=q_lang, context=record.context, context_lang=c_lang,
+                    answers=record.answers, title=record.title, source=label,
+                )
+            )
+            emitted.append((q_lang, c_lang))
+        read.sampling.add(chosen, emitted)
+        if read.source.max_examples is not None and read.sampling.questions >= read.source.max_examples:
+            break
     return examples
 
 
@@ -662,8 +727,12 @@ def _read_monolingual(read: _Read, paths: dict[str, Path]) -> list[QAExample]:
 _READERS = {"xquad": _read_xquad, "mlqa": _read_mlqa, "tydiqa": _read_tydiqa, "squad": _read_squad}
 
 
-def read_source(source: SourceConfig, data: DataConfig) -> ReadResult:
+def read_source(source: SourceConfig, data: DataConfig, *, epoch: int = 0) -> ReadResult:
     """Read one QA source into examples, one block per (question language, context language) cell.
+
+    With ``source.sampling`` the examples are the cross-lingual sample instead (question by question,
+    see :mod:`xdist.data.sampling`), drawn for ``epoch`` when ``sampling.per_epoch`` (else ``epoch`` is
+    ignored), and :attr:`ReadResult.sampling` reports what was drawn.
 
     ``source.path`` is resolved against ``data.root`` (see :func:`resolve_path`; ``${VAR}`` references
     are expanded, a relative root is relative to the working directory); ``data.bad_records``
@@ -671,7 +740,7 @@ def read_source(source: SourceConfig, data: DataConfig) -> ReadResult:
     article split behind ``source.articles``. Raises :class:`DataError` for missing files, malformed
     JSON, structural errors, bad records under ``error``, and a source that yields no example at all.
     """
-    read = _Read(source=source, data=data)
+    read = _Read(source=source, data=data, epoch=epoch)
     # Configs built in code (not loaded from YAML) may still hold ${VAR} defaults such as the data root.
     location = _join(expand_env(source.path, "path"), expand_env(data.root, "data.root"))
     examples = _READERS[source.format](read, location)
@@ -679,9 +748,11 @@ def read_source(source: SourceConfig, data: DataConfig) -> ReadResult:
         log.info("source %s: %s", source.name, note)
     if read.skipped.total:
         log.warning("source %s: %s", source.name, read.skipped.summary())
+    if read.sampling is not None:
+        log.info("source %s: %s", source.name, read.sampling.summary())
     if not examples:
         raise read.fail(
             f"no examples from {location} (articles: {source.articles}, pairs: {source.pairs}; "
             f"{read.skipped.summary()})"
         )
-    return ReadResult(examples=examples, skipped=read.skipped, notes=read.notes)
+    return ReadResult(examples=examples, skipped=read.skipped, notes=read.notes, sampling=read.sampling)

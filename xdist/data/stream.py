@@ -25,6 +25,12 @@ mid-epoch. This module adds them on top, planning every epoch from the manifest 
    ``iter_epoch(epoch, start_step)`` continues with exactly batch ``start_step``: each slot re-reads and
    re-shuffles its raw (undecoded) samples up to its position, skipping without decoding or collating,
    and DataLoader workers are rotated so that its round-robin starts at the right slot.
+6. **Per-epoch shard sets.** A shard directory written for per-epoch cross-lingual sampling holds one
+   shard set per epoch (``epochs.json`` + ``epoch-NNN/``, see :mod:`xdist.data.prepare`). Epoch ``e``
+   reads set ``e mod n_sets`` (a warning when a run has more epochs than sets), with its own plan: every
+   guarantee above holds per epoch, but the sets' sizes differ slightly (languages tokenise into
+   different numbers of windows), so the epoch length is :meth:`TrainStream.batches_in_epoch`. A resume
+   checks the plan of its epoch's set and the fingerprint of all the sets.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xdist.config import DataConfig
+from xdist.data.sampling import EPOCH_INDEX_NAME, load_epoch_index
 from xdist.data.shards import (
+    MANIFEST_NAME,
     Manifest,
     ShardError,
     ShardSample,
@@ -341,10 +349,13 @@ class TrainStream:
     ``num_workers`` (default ``data.num_workers``) is how many DataLoader *processes* read: 0 (in this
     process) or the plan's ``slots_per_rank``; both give the same batches in the same order.
     ``tokenizer_path`` and ``max_length``, when given, are checked against the manifest at start.
+    ``manifest_dir`` is a shard directory, or the root of per-epoch shard sets (module docstring, item 6):
+    then epoch ``e`` reads set ``e mod num_shard_sets`` and its length is :meth:`batches_in_epoch`.
 
     Typical loop (the position goes into the checkpoint's client state)::
 
         stream = TrainStream(cfg.data.shards, rank, world, cfg.train.micro_batch_size, cfg.data, cfg.train.seed)
+        total_batches = stream.total_batches(cfg.train.epochs)  # per-epoch sets may differ in length
         if resuming:
             stream.load_state_dict(client_state["stream"])
         epoch, step = stream.position
@@ -370,65 +381,115 @@ class TrainStream:
     ):
         if not 0 <= rank < world_size:
             raise StreamError(f"rank {rank} is outside [0, world_size={world_size})")
-        self.manifest = load_manifest(manifest_dir)
-        if tokenizer_path is not None:
-            check_tokenizer(self.manifest, tokenizer_path)
-        if max_length is not None and max_length != self.manifest.max_length:
-            raise StreamError(
-                f"{self.manifest.directory}: shards hold features of max_length {self.manifest.max_length}, "
-                f"but this run expects {max_length} (features.max_length); re-run `xdist prepare`"
-            )
+        index = load_epoch_index(manifest_dir)
+        if index is None:
+            self.manifests = [load_manifest(manifest_dir)]
+        else:
+            if (Path(manifest_dir) / MANIFEST_NAME).exists():
+                raise StreamError(
+                    f"{manifest_dir} holds both a shard manifest and per-epoch shard sets ({EPOCH_INDEX_NAME}); "
+                    "re-run `xdist prepare --overwrite`"
+                )
+            self.manifests = [load_manifest(index.set_dir(manifest_dir, e)) for e in range(len(index.sets))]
+        self.manifest = self.manifests[0]
+        """The manifest of epoch 0's shard set (the only one without per-epoch sets); see :meth:`manifest_for`."""
+        for manifest in self.manifests:
+            if tokenizer_path is not None:
+                check_tokenizer(manifest, tokenizer_path)
+            if max_length is not None and max_length != manifest.max_length:
+                raise StreamError(
+                    f"{manifest.directory}: shards hold features of max_length {manifest.max_length}, "
+                    f"but this run expects {max_length} (features.max_length); re-run `xdist prepare`"
+                )
         self.rank = rank
-        self.plan = make_plan(self.manifest, world_size, micro_batch_size, data, seed)
+        self.plans = [make_plan(m, world_size, micro_batch_size, data, seed) for m in self.manifests]
+        self.plan = self.plans[0]
+        """The plan of epoch 0's shard set; see :meth:`plan_for`."""
         workers = data.num_workers if num_workers is None else num_workers
         if workers < 0:
             raise StreamError(f"num_workers must be >= 0, got {workers}")
-        self.num_workers = min(workers, self.plan.slots_per_rank)
-        if 0 < self.num_workers < self.plan.slots_per_rank:
+        # Every set is planned with the same requested slots; a small set may reduce them (make_plan).
+        slots = min(plan.slots_per_rank for plan in self.plans)
+        self.num_workers = min(workers, slots)
+        if 0 < self.num_workers < max(plan.slots_per_rank for plan in self.plans):
             raise StreamError(
                 f"num_workers={workers}: must be 0 or {self.plan.slots_per_rank} (one process per reader slot)"
+                + ("; the per-epoch shard sets allow different slot counts" if len(self.plans) > 1 else "")
             )
         self.pin_memory = pin_memory
         self._epoch, self._step = 0, 0
-        (log.info if rank == 0 else log.debug)("train stream (rank %d): %s", rank, self.plan.describe())
-        if rank == 0 and self.plan.repeated_samples > 0.1 * self.plan.total_samples:
-            log.warning(
-                "%d of %d samples per epoch (%.0f%%) are repeats that equalise %d reader slots of %d-%d samples; "
-                "more, smaller shards (data.samples_per_shard) or fewer workers reduce them",
-                self.plan.repeated_samples, self.plan.total_samples,
-                100.0 * self.plan.repeated_samples / self.plan.total_samples, self.plan.num_slots,
-                min(self.plan.slot_samples), max(self.plan.slot_samples),
-            )
+        self._warned_wrap = False
+        for number, plan in enumerate(self.plans):
+            what = ""
+            if len(self.plans) > 1:
+                what = f"shard set {number} of {len(self.plans)} ({self.manifests[number].directory.name}), "
+            (log.info if rank == 0 else log.debug)("train stream (rank %d): %s%s", rank, what, plan.describe())
+            if rank == 0 and plan.repeated_samples > 0.1 * plan.total_samples:
+                log.warning(
+                    "%d of %d samples per epoch (%.0f%%) are repeats that equalise %d reader slots of %d-%d samples; "
+                    "more, smaller shards (data.samples_per_shard) or fewer workers reduce them",
+                    plan.repeated_samples, plan.total_samples, 100.0 * plan.repeated_samples / plan.total_samples,
+                    plan.num_slots, min(plan.slot_samples), max(plan.slot_samples),
+                )
+
+    @property
+    def num_shard_sets(self) -> int:
+        """1, or the number of per-epoch shard sets."""
+        return len(self.plans)
+
+    def plan_for(self, epoch: int) -> StreamPlan:
+        """The plan of the shard set that ``epoch`` reads (set ``epoch mod num_shard_sets``)."""
+        return self.plans[epoch % len(self.plans)]
+
+    def manifest_for(self, epoch: int) -> Manifest:
+        """The manifest of the shard set that ``epoch`` reads (e.g. to cache a teacher's logits over it)."""
+        return self.manifests[epoch % len(self.manifests)]
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Micro-batches per rank in ``epoch``; the same on every rank."""
+        return self.plan_for(epoch).epoch_batches
+
+    def total_batches(self, epochs: int) -> int:
+        """Micro-batches per rank in epochs ``0 .. epochs-1`` together."""
+        return sum(self.batches_in_epoch(epoch) for epoch in range(epochs))
 
     @property
     def epoch_batches(self) -> int:
-        """Micro-batches per epoch; the same on every rank."""
+        """Micro-batches per epoch of epoch 0 (of every epoch with a single shard set; with per-epoch sets,
+        use :meth:`batches_in_epoch`)."""
         return self.plan.epoch_batches
 
     @property
     def position(self) -> tuple[int, int]:
         """(epoch, step) of the next batch to be delivered; a finished epoch rolls over to (epoch+1, 0)."""
-        if self._step >= self.epoch_batches:
+        if self._step >= self.batches_in_epoch(self._epoch):
             return self._epoch + 1, 0
         return self._epoch, self._step
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """Batches ``start_step, ..., epoch_batches - 1`` of ``epoch`` on this rank."""
-        if epoch < 0 or not 0 <= start_step <= self.epoch_batches:
-            raise StreamError(f"position (epoch {epoch}, step {start_step}) is outside [0, {self.epoch_batches}]")
+        """Batches ``start_step, ..., batches_in_epoch(epoch) - 1`` of ``epoch`` on this rank."""
+        if epoch < 0 or not 0 <= start_step <= self.batches_in_epoch(epoch):
+            raise StreamError(
+                f"position (epoch {epoch}, step {start_step}) is outside [0, {self.batches_in_epoch(max(epoch, 0))}]"
+            )
+        if len(self.plans) > 1 and epoch >= len(self.plans) and not self._warned_wrap and self.rank == 0:
+            log.warning(
+                "epoch %d: only %d per-epoch shard sets were prepared (train.epochs when `xdist prepare` ran); "
+                "epoch e reads set e mod %d, so draws repeat from here on", epoch, len(self.plans), len(self.plans),
+            )
+            self._warned_wrap = True
         self._epoch, self._step = epoch, start_step
         return self._deliver(epoch, start_step)
 
     def _deliver(self, epoch: int, start_step: int) -> Iterator[Batch]:
-        dataset = _EpochDataset(
-            self.plan, self.manifest.directory, self.manifest.max_length, self.rank, epoch, start_step
-        )
+        plan, manifest = self.plan_for(epoch), self.manifest_for(epoch)
+        dataset = _EpochDataset(plan, manifest.directory, manifest.max_length, self.rank, epoch, start_step)
         source: Any = dataset
-        if self.num_workers > 0 and start_step < self.epoch_batches:
+        if self.num_workers > 0 and start_step < plan.epoch_batches:
             # Our own generator: otherwise starting the workers draws their base seed from the global torch
             # RNG, which shifts dropout masks and breaks exact resume (a resumed run starts its loader at
             # a different point of the RNG stream than the uninterrupted run did).
-            seeds = torch.Generator().manual_seed(self.plan.seed * 1_000_003 + epoch)
+            seeds = torch.Generator().manual_seed(plan.seed * 1_000_003 + epoch)
             source = DataLoader(
                 dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
                 pin_memory=self.pin_memory, generator=seeds,
@@ -438,9 +499,9 @@ class TrainStream:
             delivered += 1
             self._epoch, self._step = epoch, delivered
             yield batch
-        if delivered != self.epoch_batches:
+        if delivered != plan.epoch_batches:
             raise RuntimeError(
-                f"rank {self.rank} epoch {epoch}: delivered {delivered} batches, planned {self.epoch_batches}"
+                f"rank {self.rank} epoch {epoch}: delivered {delivered} batches, planned {plan.epoch_batches}"
             )
 
     def __iter__(self) -> Iterator[Batch]:
@@ -448,16 +509,26 @@ class TrainStream:
         epoch, step = self.position
         return self.iter_epoch(epoch, step)
 
+    def _sets_fingerprint(self) -> str | None:
+        """Fingerprint of every per-epoch shard set (None with a single set, keeping its state unchanged)."""
+        if len(self.plans) == 1:
+            return None
+        return json_fingerprint([plan.shard_set for plan in self.plans])
+
     def state_dict(self) -> dict[str, Any]:
-        """Position and plan parameters, for DeepSpeed's ``client_state``."""
+        """Position and plan parameters (of the position's shard set), for DeepSpeed's ``client_state``."""
         epoch, step = self.position
-        return {
+        plan = self.plan_for(epoch)
+        state = {
             "epoch": epoch,
             "step": step,
-            "seed": self.plan.seed,
-            "plan": self.plan.parameters(),
-            "plan_fingerprint": self.plan.fingerprint,
+            "seed": plan.seed,
+            "plan": plan.parameters(),
+            "plan_fingerprint": plan.fingerprint,
         }
+        if len(self.plans) > 1:
+            state["shard_sets"] = self._sets_fingerprint()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position saved by :meth:`state_dict`; refuse if the plan changed since."""
@@ -466,8 +537,15 @@ class TrainStream:
             fingerprint = state["plan_fingerprint"]
         except (KeyError, TypeError, ValueError) as err:
             raise StreamError(f"stream state {state!r} lacks or mistypes {err}") from None
-        if fingerprint != self.plan.fingerprint:
-            now = self.plan.parameters()
+        if state.get("shard_sets") != self._sets_fingerprint():
+            raise StreamError(
+                "cannot resume the data stream exactly: the checkpoint was saved with "
+                f"{'different per-epoch shard sets' if state.get('shard_sets') else 'a single shard set'}, "
+                f"the shard directory now holds {len(self.plans)} set(s); resume with the shards it was saved with"
+            )
+        plan = self.plan_for(epoch)
+        if fingerprint != plan.fingerprint:
+            now = plan.parameters()
             changed = ", ".join(f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v)
             raise StreamError(
                 "cannot resume the data stream exactly: the checkpoint's position was saved under a different "
@@ -475,6 +553,6 @@ class TrainStream:
                 "per epoch depend on world size, micro-batch size, reader slots (data.num_workers), seed, "
                 "shuffle buffer and the shards; resume with the values the checkpoint was saved with"
             )
-        if not 0 <= step <= self.epoch_batches:
-            raise StreamError(f"stream state step {step} is outside [0, {self.epoch_batches}]")
+        if not 0 <= step <= plan.epoch_batches:
+            raise StreamError(f"stream state step {step} is outside [0, {plan.epoch_batches}]")
         self._epoch, self._step = epoch, step

@@ -121,18 +121,19 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
         tokenizer_path=cfg.features.tokenizer,
         max_length=cfg.features.max_length,
     )
-    micro_per_epoch = stream.epoch_batches
     ga = tcfg.gradient_accumulation_steps
-    steps_per_epoch = micro_per_epoch // ga
-    if steps_per_epoch == 0:
+    # Per-epoch shard sets (cross-lingual sampling re-drawn every epoch) may differ in length, and
+    # accumulation windows carry across epoch boundaries: sum the micro-batches first, then divide.
+    shortest = min(stream.batches_in_epoch(e) for e in range(tcfg.epochs))
+    if shortest < ga:
         raise ValueError(
             f"config field 'train.gradient_accumulation_steps': {ga} micro-batches per step but an epoch has "
-            f"only {micro_per_epoch} per rank; lower it or train.micro_batch_size"
+            f"only {shortest} per rank; lower it or train.micro_batch_size"
         )
-    total_steps = tcfg.max_steps or steps_per_epoch * tcfg.epochs
+    total_steps = tcfg.max_steps or stream.total_batches(tcfg.epochs) // ga
     log.info(
-        "data: %d micro-batches/epoch/rank x %d ranks, %d optimizer steps/epoch, %d steps in total",
-        micro_per_epoch, dist.world_size, steps_per_epoch, total_steps,
+        "data: %d micro-batches/epoch/rank x %d ranks, gradient accumulation %d, %d optimizer steps in total",
+        stream.epoch_batches, dist.world_size, ga, total_steps,
     )
 
     # ---- model and engine -----------------------------------------------------------------------
@@ -144,7 +145,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
     )
     engine = Engine.create(model, tcfg, dist, total_steps, ds_config=ds_config)
     method = build_method(
-        cfg.method, output_dir=out, dist=dist, manifest_for_epoch=lambda epoch: stream.manifest,
+        cfg.method, output_dir=out, dist=dist, manifest_for_epoch=stream.manifest_for,
         cache_batch_size=cfg.eval.batch_size,
     )
     evaluator = QAEvaluator(cfg, tokenizer, dist) if cfg.eval.sets else None
@@ -233,7 +234,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
                 scalars |= {
                     "train/lr": engine.lr,
                     "train/grad_norm": engine.grad_norm,
-                    "train/epoch": epoch + micro_in_epoch / micro_per_epoch,
+                    "train/epoch": epoch + micro_in_epoch / stream.batches_in_epoch(epoch),
                     "perf/samples_per_s": samples_s * dist.world_size,
                     "perf/tokens_per_s": tokens_s * dist.world_size,
                 }

@@ -72,7 +72,7 @@ def main(job: str, zero_json: str, out: str) -> None:
                            ds_config=ds_config)
     engine = Engine.create(model, cfg.train, dist, total, ds_config=ds_config)
     method = build_method(cfg.method, output_dir=out_dir / "run", dist=dist,
-                          manifest_for_epoch=lambda epoch: stream.manifest)
+                          manifest_for_epoch=stream.manifest_for)
     record: dict = {"zero_stage": engine.zero_stage, "epochs": []}
 
     engine.train()

@@ -107,7 +107,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
     setup_logging(dist.rank)
     tcfg = cfg.train
     out = Path(tcfg.output_dir)
-    seed_everything(tcfg.seed, dist.rank)
+    seed_everything(tcfg.seed, 0)  # the same random init on every rank
 
     # ---- data -----------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.features.tokenizer)
@@ -144,6 +144,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
         cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, ds_config=ds_config
     )
     engine = Engine.create(model, tcfg, dist, total_steps, ds_config=ds_config)
+    seed_everything(tcfg.seed, dist.rank)  # from here on ranks differ, so their dropout masks do
     method = build_method(
         cfg.method, output_dir=out, dist=dist, manifest_for_epoch=stream.manifest_for,
         cache_batch_size=cfg.eval.batch_size,
@@ -152,6 +153,8 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
     monitor = Monitor(out, enabled=dist.is_main)
     if dist.is_main:
         write_run_info(cfg, ds_config, out)
+        if not resume:  # a fresh run in a reused directory starts a fresh loss curve
+            (out / "train_log.jsonl").unlink(missing_ok=True)
         n_params = sum(p.numel() for p in engine.module.parameters())
         log.info("model: %s, %.1fM parameters (as seen on rank 0)", type(engine.module).__name__, n_params / 1e6)
 

@@ -203,6 +203,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
     epoch_limit = math.inf if tcfg.max_steps else tcfg.epochs
     while step < total_steps and epoch < epoch_limit:
         method.on_epoch_start(epoch, engine)
+        throughput.reset()  # a teacher refresh or cache build is not training time
         epoch_start = time.perf_counter()
         for batch in stream.iter_epoch(epoch, start_step=micro_in_epoch):
             t0 = time.perf_counter()

@@ -119,3 +119,13 @@ def test_extends_merges_a_base_file(tmp_path):
     (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="nowhere.yaml.*does not exist"):
         load_config(tmp_path / "orphan.yaml")
+
+
+def test_teacher_partition_is_checked(tmp_path):
+    cfg = load_config(write(tmp_path, "method:\n  name: skd\n  teacher_partition: zero3\n"))
+    assert cfg.method.teacher_partition == "zero3"
+    assert load_config(write(tmp_path, "method:\n  name: skd\n")).method.teacher_partition == "replicated"
+    with pytest.raises(ConfigError, match=r"'method\.teacher_partition'.*'zero3'.*'ce'"):
+        load_config(write(tmp_path, "method:\n  name: ce\n  teacher_partition: zero3\n"))
+    with pytest.raises(ConfigError, match=r"'method\.teacher_partition'.*\['replicated', 'zero3'\]"):
+        load_config(write(tmp_path, "method:\n  name: skd\n  teacher_partition: zero2\n"))

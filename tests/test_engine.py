@@ -22,6 +22,7 @@ from xdist.engine import (
     param_groups,
     prune_checkpoints,
     resolve_deepspeed_config,
+    teacher_inference_config,
     warmup_steps,
 )
 
@@ -84,6 +85,32 @@ def test_resolved_config_is_accepted_by_deepspeed(tmp_path):
         parsed = DeepSpeedConfig(ds)  # without a process group DeepSpeed assumes world size 1
         assert parsed.train_batch_size == 6 and parsed.gradient_accumulation_steps == 3
         assert parsed.zero_optimization_stage == ds["zero_optimization"]["stage"]
+
+
+@pytest.mark.parametrize("name", ["zero3", "zero3_offload"])
+def test_teacher_inference_config_keeps_the_partitioning_drops_the_optimizer(name):
+    ds = resolve_deepspeed_config(
+        _train(DS_DIR / f"{name}.json", precision="bf16", micro_batch_size=2, gradient_accumulation_steps=3,
+               max_grad_norm=0.5), world_size=1, total_steps=10, device_type="cpu",
+    )
+    teacher = teacher_inference_config(ds)
+    assert not {"optimizer", "scheduler", "gradient_clipping"} & set(teacher)
+    assert "offload_optimizer" not in teacher["zero_optimization"]
+    # Everything that decides the partition layout is the student's (offload_param included).
+    student_zero = {k: v for k, v in ds["zero_optimization"].items() if k != "offload_optimizer"}
+    assert teacher["zero_optimization"] == student_zero
+    assert teacher["bf16"] == {"enabled": True} and teacher["train_batch_size"] == 6
+    assert "offload_optimizer" in ds["zero_optimization"] or name == "zero3"  # the student's is untouched
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    parsed = DeepSpeedConfig(teacher)
+    assert parsed.zero_optimization_stage == 3 and parsed.optimizer_name is None and parsed.bfloat16_config.enabled
+
+
+def test_teacher_inference_config_needs_zero3():
+    ds = resolve_deepspeed_config(_train(DS_DIR / "zero2.json"), world_size=1, total_steps=10, device_type="cpu")
+    with pytest.raises(ConfigError, match=r"method\.teacher_partition.*train\.deepspeed gives ZeRO stage 2"):
+        teacher_inference_config(ds)
 
 
 def test_absent_sections_are_added(tmp_path):

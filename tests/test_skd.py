@@ -56,6 +56,55 @@ def test_generations_refresh_and_freeze_the_teacher(job, tmp_path, stage):
         assert check["logged_kd"] == pytest.approx(check["kl"], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("mode", ["zero3-threshold0", "zero3-persistent"])
+def test_zero3_partitioned_teacher(job, tmp_path, mode):
+    """method.teacher_partition=zero3 on 2 ranks: the teacher is partitioned, each refresh makes it the
+    student exactly, it stays frozen, its logits equal a replicated copy's, a cache it builds (unequal
+    per-rank batch counts) equals it online, and its snapshot restores it. zero3-threshold0: every
+    parameter partitioned (fp32); zero3-persistent: the file's persistence threshold (small parameters
+    kept whole after first use; bf16)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
+         str(job), str(REPO / "configs" / "deepspeed" / "zero3.json"), str(tmp_path), mode],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    records = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for record in records:
+        assert [e["generation"] for e in record["epochs"]] == [0, 1, 2]
+        for epoch in record["epochs"]:
+            numel = epoch["teacher_numel"]
+            # Each rank holds its half of every parameter (padded to an even size), not the whole model.
+            assert epoch["teacher_partitioned"] and numel["local"] < 0.51 * numel["full"], numel
+            assert epoch["rng_untouched"]  # building/refreshing the teacher leaves dropout's RNG alone
+            assert (numel["persistent"] == 0) == (mode == "zero3-threshold0"), numel
+            assert epoch["teacher_vs_student_at_refresh"] == 0.0, epoch
+            assert epoch["teacher_change_during_epoch"] == 0.0, epoch
+            assert epoch["student_vs_teacher_at_end"] > 1e-4, epoch
+            assert not epoch["teacher_requires_grad"] and not epoch["teacher_has_grad"]
+            assert not epoch["teacher_training_mode"] and epoch["snapshot_complete"]
+        check = record["check"]
+        assert check["logged_coefficient"] == pytest.approx(check["expected_coefficient"], abs=1e-6)
+        assert check["loss_map"] == pytest.approx(check["ce"] + check["expected_coefficient"] * check["kl"],
+                                                  rel=1e-5, abs=1e-6)
+
+        checks = record["partitioned"]
+        counts = checks["cache_batch_counts"]
+        assert len(set(counts)) > 1, f"the ranks' cache batch counts should differ to test the padding: {counts}"
+        assert checks["cache_vs_online"] == 0.0
+        assert checks["snapshot_partitioned"] and checks["rng_untouched_by_load"]
+        assert checks["snapshot_vs_teacher"] == 0.0 and checks["snapshot_logits_vs_teacher"] == 0.0
+        # A refresh while DeepSpeed holds persistent parameters whole: they are re-gathered, not stale.
+        assert (checks["whole_before_refresh"] > 0) == (mode == "zero3-persistent"), checks
+        assert checks["refresh_path"] == "partitions"
+        assert checks["logits_vs_replicated_after_refresh"] == 0.0
+        assert checks["teacher_vs_student_after_refresh"] == 0.0
+        # The gather-per-submodule fallback gives the same teacher.
+        assert checks["fallback_before"] > 1e-4
+        assert checks["fallback_logits_vs_replicated"] == 0.0 and checks["fallback_vs_student"] == 0.0
+    assert records[0]["epochs"][0]["teacher_numel"]["full"] == records[1]["epochs"][0]["teacher_numel"]["full"]
+
+
 def test_teacher_cache_matches_online_teacher(job, tmp_path):
     """Full cache: the same loss at every step as the online teacher (hence the same gradients, since the
     weights evolve identically over 3 generations); top-k cache: the same coefficients, close losses."""
@@ -76,11 +125,16 @@ def test_teacher_cache_matches_online_teacher(job, tmp_path):
     assert list((tmp_path / "full" / "teachers" / "gen1").glob("cache-full-*/COMPLETE"))
 
 
-def test_resume_inside_a_generation(job, tmp_path):
+@pytest.mark.parametrize("partition", ["replicated", "zero3"])
+def test_resume_inside_a_generation(job, tmp_path, partition):
     """Cut after step 8 (generation 1, mid-epoch): the resumed run restores that generation's teacher from
-    its snapshot and logs the same losses and coefficients as the uninterrupted run."""
+    its snapshot and logs the same losses and coefficients as the uninterrupted run. zero3: the teacher is
+    ZeRO-3-partitioned (reloaded partitioned, without disturbing the dropout RNG) and feeds a full cache."""
     full = tmp_path / "full"
     common = [*SKD, "--set", "train.checkpoint_every=8", "--set", "model.dropout=0.1"]
+    if partition == "zero3":
+        common += ["--set", f"train.deepspeed={REPO / 'configs' / 'deepspeed' / 'zero3.json'}",
+                   "--set", "method.teacher_partition=zero3", "--set", "method.teacher_cache=full"]
     xdist("train", str(job), *common, "--set", f"train.output_dir={full}")
     reference = {r["step"]: r for r in map(json.loads, (full / "train_log.jsonl").read_text().splitlines())}
     last = max(reference)

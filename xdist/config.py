@@ -400,6 +400,13 @@ class MethodConfig:
     cache_topk: int = 20
     """Logits kept per head by ``teacher_cache: topk`` (must be >= k for an exact coefficient)."""
 
+    teacher_partition: Literal["replicated", "zero3"] = "replicated"
+    """Where the teacher's weights live. ``replicated``: a full frozen copy on every rank. ``zero3``: the
+    teacher is ZeRO-3-partitioned across the ranks like the student (each rank holds 1/world of it, wrapped
+    in its own DeepSpeed inference engine), refreshed partition by partition at each generation without
+    ever materialising the whole model; needs ``train.deepspeed`` at ZeRO stage 3. Its forward passes are
+    collective (every rank runs them in step)."""
+
     def __post_init__(self) -> None:
         for name in ("alpha_ce", "alpha_kl"):
             if getattr(self, name) < 0:
@@ -411,6 +418,10 @@ class MethodConfig:
                 _fail(name, f"expected a positive integer, got {getattr(self, name)}")
         if self.teacher_cache == "topk" and self.coefficient != "constant" and self.cache_topk < self.k:
             _fail("cache_topk", f"must be >= k ({self.k}) so the coefficient's ranking is exact")
+        if self.teacher_partition not in ("replicated", "zero3"):
+            _fail("teacher_partition", f"expected 'replicated' or 'zero3', got {self.teacher_partition!r}")
+        if self.teacher_partition == "zero3" and self.name != "skd":
+            _fail("teacher_partition", f"'zero3' partitions a distillation teacher; method.name {self.name!r} has none")
 
 
 @dataclass

@@ -29,6 +29,7 @@ Loss normalisation under gradient accumulation (GA) and data parallelism
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -257,6 +258,37 @@ def resolve_deepspeed_config(train: TrainConfig, *, world_size: int, total_steps
             f"DeepSpeed config {str(path)!r}: '{leftover[0]}' is \"auto\", but xdist does not fill it; "
             "write a value"
         )
+    return config
+
+
+# What a partitioned teacher's DeepSpeed engine takes from the student's resolved config: everything that
+# decides how parameters are partitioned, stored and computed (the whole zero_optimization block but the
+# optimizer offload, so the persistence threshold, parameter offload, hpZ and buckets are the student's and
+# both models are partitioned alike), the dtype sections, and the batch sizes DeepSpeed validates.
+_TEACHER_CONFIG_KEYS = (
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16", "bfloat16",
+    "fp16", "zero_optimization", "communication_data_type", "steps_per_print",
+)
+
+
+def teacher_inference_config(ds_config: dict) -> dict:
+    """DeepSpeed config for a frozen ZeRO-3-partitioned teacher, derived from the student's resolved config.
+
+    TRL's ``prepare_deepspeed`` pattern for a reference model: the student's config without optimizer,
+    scheduler, optimizer offload, gradient clipping or monitors (the teacher never steps or logs). Unlike
+    TRL it keeps the student's ``stage3_param_persistence_threshold``, so that the two models are
+    partitioned identically (:func:`xdist.models.copy_partitions_into`). Raises :class:`ConfigError`
+    unless ``ds_config`` is ZeRO stage 3 (the teacher shares the student's partitioning).
+    """
+    stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+    if stage != 3:
+        raise ConfigError(
+            f"config field 'method.teacher_partition': 'zero3' partitions the teacher like a ZeRO-3 student, but "
+            f"train.deepspeed gives ZeRO stage {stage}; use a stage-3 file (configs/deepspeed/zero3.json) or "
+            "method.teacher_partition: replicated"
+        )
+    config = {key: copy.deepcopy(ds_config[key]) for key in _TEACHER_CONFIG_KEYS if key in ds_config}
+    config["zero_optimization"].pop("offload_optimizer", None)
     return config
 
 
@@ -506,6 +538,44 @@ class Engine:
     def copy_weights_into(self, teacher: nn.Module) -> None:
         """Refresh a teacher made by :meth:`frozen_copy` in place (collective under ZeRO-3)."""
         models.copy_weights_into(self, teacher)
+
+    def partitioned_teacher(self, checkpoint: str | os.PathLike | None = None) -> Any:
+        """A frozen teacher ZeRO-3-partitioned like the student, in its own DeepSpeed inference engine.
+
+        Built under ``deepspeed.zero.Init`` (through transformers' ``HfDeepSpeedConfig`` path, so no rank
+        ever holds the whole model) from the student's architecture, or loaded from ``checkpoint`` (a
+        ``save_pretrained`` directory), then wrapped by ``deepspeed.initialize`` with
+        :func:`teacher_inference_config` (no optimizer: DeepSpeed installs only its parameter-fetching
+        hooks). Without ``checkpoint`` it starts as a copy of the student's current weights
+        (:meth:`refresh_partitioned_teacher`). Returns the ``DeepSpeedEngine``: run ``.module`` (eval mode,
+        ``requires_grad`` off) for inference, and keep the engine alive as long as the module is used,
+        because destroying it removes the module's hooks. Collective: all ranks call it, and every forward
+        of the teacher is collective too.
+        """
+        import deepspeed
+        from transformers import AutoModelForQuestionAnswering
+
+        config = teacher_inference_config(self.config)
+        devices = [self.dist.device.index or 0] if self.dist.device.type == "cuda" else []
+        # Random init (overwritten right after) must not advance the training's RNG: dropout masks stay those
+        # of a run with a replicated teacher, and a resumed run (which reloads the teacher) stays exact.
+        with torch.random.fork_rng(devices=devices), models._zero3_construction(config):
+            if checkpoint is None:
+                teacher = AutoModelForQuestionAnswering.from_config(copy.deepcopy(self.module.config))
+            else:
+                teacher = AutoModelForQuestionAnswering.from_pretrained(checkpoint, local_files_only=True)
+            teacher.requires_grad_(False)
+            ds_teacher, _, _, _ = deepspeed.initialize(model=teacher, config=config, dist_init_required=False)
+        ds_teacher.module.eval()
+        if checkpoint is None:
+            self.refresh_partitioned_teacher(ds_teacher.module)
+        return ds_teacher
+
+    def refresh_partitioned_teacher(self, teacher: nn.Module) -> str:
+        """Copy the student's weights into a :meth:`partitioned_teacher`, partition by partition (collective).
+
+        Returns the path taken (see :func:`xdist.models.copy_partitions_into`)."""
+        return models.copy_partitions_into(self, teacher)
 
 
 def latest_tag(directory: str | os.PathLike) -> str | None:

@@ -7,6 +7,8 @@
   wrapped by DeepSpeed and partitioned by ZeRO-3, loadable with ``AutoModelForQuestionAnswering``.
 * :func:`frozen_copy` / :func:`copy_weights_into` — a frozen, full teacher snapshot of a (possibly
   partitioned) student, refreshed in place at each self-distillation generation.
+* :func:`copy_partitions_into` — the same refresh for a teacher that is itself ZeRO-3-partitioned
+  (built by :meth:`xdist.engine.Engine.partitioned_teacher`): rank-local partition copies.
 
 Random init draws from torch's global RNG: seed it identically on every rank before building
 (``transformers.set_seed``), otherwise ZeRO-1/2 ranks would start from different weights.
@@ -19,6 +21,7 @@ import copy
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -375,5 +378,173 @@ def copy_weights_into(model_or_engine: Any, teacher: nn.Module) -> None:
     teacher_buffers = dict(teacher.named_buffers())
     for name, buffer in module.named_buffers():
         # Buffers are never partitioned; non-persistent ones (position ids) are needed after to_empty.
+        if name in teacher_buffers:
+            teacher_buffers[name].copy_(buffer)
+
+
+# --------------------------------------------------------------------------------------------------
+# ZeRO-3-partitioned teachers
+# --------------------------------------------------------------------------------------------------
+
+
+def is_partitioned(model_or_engine: Any) -> bool:
+    """True when the module's parameters are ZeRO-3-partitioned (DeepSpeed marks them with ``ds_id``)."""
+    return any(_is_partitioned(p) for p in unwrap(model_or_engine).parameters())
+
+
+@dataclass(frozen=True)
+class PartitionFootprint:
+    """Parameter elements a ZeRO-3-partitioned module holds on this rank."""
+
+    local: int
+    """Elements of this rank's partitions (``ds_tensor``, padding included): about ``full / world``."""
+
+    full: int
+    """Elements of the whole model."""
+
+    persistent: int
+    """Elements of the parameters DeepSpeed keeps whole on every rank after their first use (those at or
+    below ``stage3_param_persistence_threshold``), on top of their partitions."""
+
+
+def partition_footprint(model_or_engine: Any) -> PartitionFootprint:
+    """How much of a partitioned module lives on this rank (an unpartitioned one: local = full)."""
+    local = full = persistent = 0
+    for param in unwrap(model_or_engine).parameters():
+        if _is_partitioned(param):
+            local += param.ds_tensor.numel()
+            full += param.ds_numel
+            persistent += param.ds_numel if param.ds_persist else 0
+        else:
+            local += param.numel()
+            full += param.numel()
+    return PartitionFootprint(local=local, full=full, persistent=persistent)
+
+
+def _layout_difference(student: nn.Parameter, teacher: nn.Parameter) -> str | None:
+    """Why this rank's partition of ``student`` cannot be copied element for element into ``teacher``'s.
+
+    ZeRO-3 flattens a parameter, pads it with zeros to a multiple of the partition group's size and gives
+    rank r the slice ``[r*n, (r+1)*n)`` (``n = ceil(numel / group size)``; ``Init._partition_param``):
+    two parameters of the same shape partitioned over the same group therefore hold the same elements
+    on every rank. The exceptions are checked here.
+    """
+    from deepspeed.runtime.swap_tensor.partitioned_param_swapper import PartitionedParamStatus
+    from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    if not (_is_partitioned(student) and _is_partitioned(teacher)):
+        return "one of them is not ZeRO-3-partitioned"
+    if student.ds_tensor is None or teacher.ds_tensor is None:
+        return "a partition is missing"
+    for where in (torch.distributed.get_world_size, torch.distributed.get_rank):
+        if where(group=student.ds_process_group) != where(group=teacher.ds_process_group):
+            return "they are partitioned over different process groups"
+    if student.ds_tensor.numel() != teacher.ds_tensor.numel():
+        return f"partition sizes differ ({student.ds_tensor.numel()} vs {teacher.ds_tensor.numel()})"
+    for param in (student, teacher):
+        swapped = getattr(param.ds_tensor, "final_location", None) == OffloadDeviceEnum.nvme
+        if swapped or getattr(param.ds_tensor, "status", PartitionedParamStatus.AVAILABLE) != \
+                PartitionedParamStatus.AVAILABLE:
+            return "a partition is swapped out to NVMe"
+        if hasattr(param.ds_tensor, "ds_quant_scale"):
+            return "a partition is quantized"
+        if param.ds_status == ZeroParamStatus.INFLIGHT:
+            return "a parameter is being gathered"
+    if getattr(teacher, "ds_secondary_tensor", None) is not None:
+        return "the teacher has a secondary (hpZ) partition that would go stale"
+    return None
+
+
+def _all_ranks_agree(flag: bool) -> bool:
+    """True when ``flag`` is true on every rank (one tiny all-reduce; collective)."""
+    if not distributed.is_initialized():
+        return flag
+    from deepspeed.accelerator import get_accelerator
+
+    value = torch.tensor([int(flag)], device=get_accelerator().current_device_name())
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())
+
+
+@torch.no_grad()
+def copy_partitions_into(model_or_engine: Any, teacher: Any) -> str:
+    """Overwrite a ZeRO-3-partitioned ``teacher`` with the student's current weights, in place.
+
+    Student and teacher are partitioned alike (same architecture, same ranks), so each rank copies its own
+    partitions (``param.ds_tensor``, the student's compute-dtype weights) into the teacher's: no
+    communication beyond one agreement all-reduce, and no rank ever holds the whole model. Parameters the
+    teacher keeps whole between forwards (DeepSpeed's persistent ones) are then re-gathered from the new
+    partitions, as DeepSpeed does after loading a checkpoint. If any parameter's layout differs on any rank
+    (NVMe offload, quantized or hpZ partitions, different groups) every rank falls back to gathering one
+    submodule at a time, which is logged. Buffers are copied as they are (never partitioned).
+
+    Collective: all ranks call it. Returns ``"partitions"`` or ``"gathered"`` (the path taken). Raises
+    ``ValueError`` if the teacher's parameter names or shapes differ from the student's.
+    """
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    student, target = unwrap(model_or_engine), unwrap(teacher)
+    pairs = _parameter_pairs(student, target)
+    difference = next((f"{name}: {d}" for name, s, t in pairs if (d := _layout_difference(s, t))), None)
+    if _all_ranks_agree(difference is None):
+        gathered_whole = []
+        for _, source, dest in pairs:
+            dest.ds_tensor.copy_(source.ds_tensor)
+            if dest.ds_status == ZeroParamStatus.AVAILABLE:  # a full copy DeepSpeed keeps between forwards
+                gathered_whole.append(dest)
+        if gathered_whole:
+            # The same on every rank (persistence and fetch order are). Free the stale full values and
+            # gather the fresh ones, the order of DeepSpeed's own checkpoint-load code (stage3.py).
+            gathered_whole[0].partition(param_list=gathered_whole, has_been_updated=False)
+            gathered_whole[0].all_gather(param_list=gathered_whole)
+        path = "partitions"
+    else:
+        logger.warning("teacher refresh: %s; gathering one submodule at a time instead",
+                       difference or "the partition layout differs on another rank")
+        _copy_gathered(student, target)
+        path = "gathered"
+    _copy_buffers(student, target)
+    return path
+
+
+def _parameter_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
+    sources, targets = dict(student.named_parameters()), dict(teacher.named_parameters())
+    if list(sources) != list(targets):
+        missing = sorted(set(sources) ^ set(targets))[:4]
+        raise ValueError(f"teacher refresh: teacher and student have different parameters (e.g. {missing})")
+    pairs = []
+    for name, source in sources.items():
+        target = targets[name]
+        shapes = getattr(source, "ds_shape", source.shape), getattr(target, "ds_shape", target.shape)
+        if tuple(shapes[0]) != tuple(shapes[1]):
+            raise ValueError(f"teacher refresh: {name} has shape {tuple(shapes[1])}, the student's {tuple(shapes[0])}")
+        pairs.append((name, source, target))
+    return pairs
+
+
+def _copy_gathered(student: nn.Module, teacher: nn.Module) -> None:
+    """Copy full values submodule by submodule; partitioned teacher parameters are re-partitioned on exit."""
+    import deepspeed
+
+    teacher_modules = dict(teacher.named_modules())
+    for prefix, submodule in student.named_modules():
+        own = list(submodule.named_parameters(recurse=False))
+        if not own:
+            continue
+        targets = dict(teacher_modules[prefix].named_parameters(recurse=False))
+        partitioned = [targets[name] for name, _ in own if _is_partitioned(targets[name])]
+        # modifier_rank=0: on exit DeepSpeed broadcasts rank 0's values and re-partitions them (every rank
+        # wrote the same values anyway); with None it would discard the writes.
+        modified = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0) if partitioned \
+            else contextlib.nullcontext()
+        with _gathered([p for _, p in own]), modified:
+            for name, source in own:
+                targets[name].data.copy_(source.data.reshape(targets[name].shape))
+
+
+def _copy_buffers(student: nn.Module, teacher: nn.Module) -> None:
+    teacher_buffers = dict(teacher.named_buffers())
+    for name, buffer in student.named_buffers():
         if name in teacher_buffers:
             teacher_buffers[name].copy_(buffer)

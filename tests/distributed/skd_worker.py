@@ -1,12 +1,20 @@
 """Rank program for tests/test_skd.py: the real SKD method on a real DeepSpeed engine, instrumented.
 
-``python -m torch.distributed.run --standalone --nproc_per_node 2 skd_worker.py JOB.yaml ZERO.json OUT``
+``python -m torch.distributed.run --standalone --nproc_per_node 2 skd_worker.py JOB.yaml ZERO.json OUT [MODE]``
 
 Runs three epochs (= three generations) of self-distillation on the job's shards and records, per
 epoch: how far the new teacher is from the student at the moment of the refresh, whether it stays frozen
 during the epoch, and whether it receives gradients. Then, in eval mode (no dropout), it checks the
 logged coefficient and the two loss variants against an independent computation from the teacher's
 and the student's logits. Each rank writes ``OUT/rank<r>.json``; the test asserts.
+
+``MODE`` ``replicated`` (default) keeps a full teacher per rank. ``zero3-threshold0`` and
+``zero3-persistent`` partition the teacher with ZeRO-3 (``method.teacher_partition: zero3``), with
+``stage3_param_persistence_threshold`` 0 (every parameter partitioned, fp32) or the file's value (small
+parameters kept whole after their first use; bf16), and also record: the teacher's footprint on this rank, a
+refresh right after teacher forwards (persistent full copies present) against a replicated frozen copy
+of the student, a full teacher-logit cache built by the partitioned teacher with unequal per-rank batch
+counts against the online teacher, and the teacher restored from its snapshot by a resumed method.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from xdist import models
 from xdist.config import load_config
 from xdist.data.features import load_tokenizer
 from xdist.data.stream import TrainStream
@@ -26,7 +35,8 @@ from xdist.distributed import setup_distributed
 from xdist.engine import Engine, resolve_deepspeed_config
 from xdist.methods import build_method
 from xdist.methods.base import model_inputs
-from xdist.models import build_qa_model, iter_full_parameters
+from xdist.methods.teacher_cache import build_teacher_cache
+from xdist.models import build_qa_model, frozen_copy, is_partitioned, iter_full_parameters, partition_footprint
 
 
 def full_params(module) -> dict[str, torch.Tensor]:
@@ -54,10 +64,21 @@ def authors_map_coefficient(teacher: torch.Tensor, gold: torch.Tensor, k: int, w
     return (scores[0] + scores[1]) / 2
 
 
-def main(job: str, zero_json: str, out: str) -> None:
+def logits(model, batch) -> torch.Tensor:
+    out = model(**model_inputs(batch))
+    return torch.stack([out.start_logits, out.end_logits], 1)
+
+
+def main(job: str, zero_json: str, out: str, mode: str = "replicated") -> None:
+    assert mode in ("replicated", "zero3-threshold0", "zero3-persistent"), mode
+    partitioned = mode != "replicated"
     out_dir = Path(out)
-    cfg = load_config(job, [f"train.deepspeed={zero_json}", f"train.output_dir={out_dir / 'run'}", "method.name=skd",
-                            "method.coefficient=map", "model.dropout=0.1"])
+    overrides = [f"train.deepspeed={zero_json}", f"train.output_dir={out_dir / 'run'}", "method.name=skd",
+                 "method.coefficient=map", "model.dropout=0.1",
+                 f"method.teacher_partition={'zero3' if partitioned else 'replicated'}"]
+    if mode == "zero3-persistent":
+        overrides.append("train.precision=bf16")  # the GPU case: bf16 partitions, zero.Init in bf16
+    cfg = load_config(job, overrides)
     dist = setup_distributed()
     tokenizer = load_tokenizer(cfg.features.tokenizer)
     stream = TrainStream(cfg.data.shards, rank=dist.rank, world_size=dist.world_size,
@@ -68,6 +89,8 @@ def main(job: str, zero_json: str, out: str) -> None:
                                          device_type=dist.device.type)
     # Persistence threshold 0: under ZeRO-3 every parameter of this tiny model is really partitioned.
     ds_config["zero_optimization"].setdefault("stage3_param_persistence_threshold", 0)
+    if mode == "zero3-threshold0":
+        ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     model = build_qa_model(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                            ds_config=ds_config)
     engine = Engine.create(model, cfg.train, dist, total, ds_config=ds_config)
@@ -78,15 +101,21 @@ def main(job: str, zero_json: str, out: str) -> None:
     engine.train()
     for epoch in range(epochs):
         student_at_refresh = full_params(engine.module)
+        rng_before = torch.get_rng_state()
         method.on_epoch_start(epoch, engine)
+        rng_untouched = torch.equal(rng_before, torch.get_rng_state())
         teacher = method.teacher
-        teacher_at_start = {n: p.detach().float().clone() for n, p in teacher.named_parameters()}
+        footprint = partition_footprint(teacher)
+        teacher_at_start = full_params(teacher)  # gathered when partitioned
         for batch in stream.iter_epoch(epoch):
             output = method.step(engine, batch)
             engine.backward(output.loss)
             engine.step()
-        teacher_at_end = {n: p.detach().float().clone() for n, p in teacher.named_parameters()}
+        teacher_at_end = full_params(teacher)
         record["epochs"].append({
+            "teacher_partitioned": is_partitioned(teacher),
+            "rng_untouched": rng_untouched,  # the teacher's construction leaves dropout's RNG alone
+            "teacher_numel": {"local": footprint.local, "full": footprint.full, "persistent": footprint.persistent},
             "generation": method.generation,
             "teacher_vs_student_at_refresh": max_diff(teacher_at_start, student_at_refresh),
             "teacher_change_during_epoch": max_diff(teacher_at_end, teacher_at_start),
@@ -120,8 +149,65 @@ def main(job: str, zero_json: str, out: str) -> None:
         "logged_coefficient": mapped.logs["kd/coefficient"], "loss_map": mapped.loss.item(),
         "loss_constant": constant.loss.item(), "logged_kd": constant.logs["loss/kd"],
     }
+    method.cfg = cfg.method
+    if partitioned:
+        record["partitioned"] = partitioned_checks(method, engine, stream, cfg, out_dir, batch)
     (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(record, indent=1))
 
 
+@torch.no_grad()
+def partitioned_checks(method, engine, stream, cfg, out_dir: Path, batch) -> dict:
+    """Cache, snapshot round trip and refresh of the ZeRO-3-partitioned teacher (collective, eval mode)."""
+    teacher = method.teacher
+    result: dict = {}
+
+    # A full cache built by the partitioned teacher: the ranks' shard subsets give them unequal batch
+    # counts at the batch size chosen here, so the builder must pad with extra forwards.
+    manifest = stream.manifest_for(0)
+    world = torch.distributed.get_world_size()
+    samples = [sum(s.samples for i, s in enumerate(manifest.shards) if i % world == r) for r in range(world)]
+    counts = {n: [-(-total // n) for total in samples] for n in range(2, 9)}
+    cache_batch = next((n for n, c in counts.items() if len(set(c)) > 1), 2)
+    result["cache_batch_counts"] = counts[cache_batch]
+    cache = build_teacher_cache(teacher, manifest, out_dir / "cache-check", method.dist, mode="full",
+                                topk=cfg.method.cache_topk, temperature=cfg.method.temperature,
+                                batch_size=cache_batch)
+    result["cache_vs_online"] = max(
+        (cache.logits(b["keys"], method.dist.device) - logits(teacher, b).float()).abs().max().item()
+        for b in stream.iter_epoch(0)
+    )
+
+    # Resume inside generation 2: a fresh method restores the teacher from its snapshot, partitioned.
+    resumed = build_method(cfg.method, output_dir=out_dir / "run", dist=method.dist,
+                           manifest_for_epoch=stream.manifest_for)
+    resumed.load_state_dict(method.state_dict())
+    resumed.on_epoch_start(2, engine)
+    result["snapshot_partitioned"] = is_partitioned(resumed.teacher)
+    result["snapshot_vs_teacher"] = max_diff(full_params(resumed.teacher), full_params(teacher))
+    result["snapshot_logits_vs_teacher"] = (logits(resumed.teacher, batch) - logits(teacher, batch)).abs().max().item()
+    del resumed
+
+    # Refresh right after teacher forwards, when DeepSpeed holds the persistent parameters whole, then
+    # compare the teacher's logits with a replicated frozen copy of the student before anything gathers.
+    logits(teacher, batch)
+    result["whole_before_refresh"] = sum(p.ds_status.name == "AVAILABLE" for p in teacher.parameters())
+    result["refresh_path"] = engine.refresh_partitioned_teacher(teacher)
+    replica = frozen_copy(engine)
+    result["logits_vs_replicated_after_refresh"] = (logits(teacher, batch) - logits(replica, batch)).abs().max().item()
+    result["teacher_vs_student_after_refresh"] = max_diff(full_params(teacher), full_params(engine.module))
+
+    # The fallback for layouts that differ (NVMe, quantized, hpZ): gather one submodule at a time, on
+    # another partitioned teacher (generation 0's snapshot, after a forward).
+    rng_before = torch.get_rng_state()
+    other = engine.partitioned_teacher(checkpoint=out_dir / "run" / "teachers" / "gen0")
+    result["rng_untouched_by_load"] = torch.equal(rng_before, torch.get_rng_state())
+    logits(other.module, batch)
+    result["fallback_before"] = max_diff(full_params(other.module), full_params(engine.module))
+    models._copy_gathered(engine.module, other.module)
+    result["fallback_logits_vs_replicated"] = (logits(other.module, batch) - logits(replica, batch)).abs().max().item()
+    result["fallback_vs_student"] = max_diff(full_params(other.module), full_params(engine.module))
+    return result
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

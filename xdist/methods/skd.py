@@ -17,6 +17,13 @@ schedule carry on across generations. ``teacher: fixed`` keeps generation 0 for 
 
 Each generation's teacher is saved under ``<output_dir>/teachers/gen<g>`` (safetensors) when it is
 created, so that ``--resume`` in the middle of an epoch restores the very teacher that epoch used.
+
+Where the teacher lives (``method.teacher_partition``): ``replicated`` keeps a full frozen copy on every
+rank (:func:`xdist.models.frozen_copy`). ``zero3`` keeps it ZeRO-3-partitioned like the student, in its
+own DeepSpeed inference engine (:meth:`xdist.engine.Engine.partitioned_teacher`): each rank holds 1/world
+of it, a refresh copies each rank's student partitions into the teacher's, a snapshot is gathered one
+submodule at a time and written by rank 0, and loaded back partitioned. Its forward passes are collective:
+the training loop runs one per micro-batch on every rank, and the cache builder keeps the ranks in step.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from xdist.data.shards import Manifest
 from xdist.distributed import DistEnv, barrier
 from xdist.methods.base import StepOutput, model_inputs
 from xdist.methods.teacher_cache import TeacherCache, build_teacher_cache
+from xdist.models import export_pretrained, partition_footprint
 
 log = logging.getLogger("xdist.skd")
 
@@ -52,6 +60,9 @@ class SelfDistillation:
         self.manifest_for_epoch = manifest_for_epoch
         self.cache_batch_size = cache_batch_size
         self.teacher: torch.nn.Module | None = None
+        # teacher_partition zero3: the DeepSpeed engine around self.teacher. Kept alive on purpose:
+        # destroying it would remove the hooks that gather the teacher's partitions in forward.
+        self.teacher_engine: Any = None
         self.generation: int | None = None
         self.cache: TeacherCache | None = None
         self.cache_key: tuple | None = None
@@ -68,6 +79,10 @@ class SelfDistillation:
             self._set_teacher(generation, engine)
         if self.cfg.teacher_cache != "online":
             self._ensure_cache(epoch)
+
+    @property
+    def partitioned(self) -> bool:
+        return self.cfg.teacher_partition == "zero3"
 
     def _set_teacher(self, generation: int, engine: Any) -> None:
         snapshot = self.teachers_dir / f"gen{generation}"
@@ -86,28 +101,51 @@ class SelfDistillation:
                 self.teacher = self._load_snapshot(Path(self.cfg.teacher_checkpoint), engine)
                 source = f"checkpoint {self.cfg.teacher_checkpoint}"
             elif self.teacher is None:
-                self.teacher = engine.frozen_copy()
+                self.teacher = self._new_copy(engine)
                 source = "a frozen copy of the student"
             else:
-                engine.copy_weights_into(self.teacher)  # in place: no re-allocation per generation
-                source = "the student (refreshed in place)"
+                # in place: no re-allocation per generation
+                if self.partitioned:
+                    path = engine.refresh_partitioned_teacher(self.teacher)
+                    source = f"the student (refreshed in place, {path})"
+                else:
+                    engine.copy_weights_into(self.teacher)
+                    source = "the student (refreshed in place)"
             self._save_snapshot(snapshot)
         self.teacher.eval().requires_grad_(False)
         self.generation = generation
         self.cache, self.cache_key = None, None
+        if self.partitioned:
+            footprint = partition_footprint(self.teacher)
+            source += (f"; ZeRO-3-partitioned: {footprint.local:,} of {footprint.full:,} parameter elements on "
+                       f"this rank (+{footprint.persistent:,} kept whole: persistent)")
         log.info("generation %d: teacher = %s", generation, source)
+
+    def _new_copy(self, engine: Any) -> torch.nn.Module:
+        if not self.partitioned:
+            return engine.frozen_copy()
+        self.teacher_engine = engine.partitioned_teacher()
+        return self.teacher_engine.module
 
     def _load_snapshot(self, path: Path, engine: Any) -> torch.nn.Module:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"teacher {path}: expected a save_pretrained directory with config.json")
+        if self.partitioned:  # loaded straight into partitions (zero.Init): no rank holds the whole model
+            self.teacher_engine = engine.partitioned_teacher(checkpoint=path)
+            return self.teacher_engine.module
         teacher = AutoModelForQuestionAnswering.from_pretrained(path, local_files_only=True)
         return teacher.to(device=self.dist.device)
 
     def _save_snapshot(self, snapshot: Path) -> None:
-        if self.dist.is_main:
-            if snapshot.exists():
-                shutil.rmtree(snapshot)  # a stale generation of an earlier run (and its caches)
+        if self.dist.is_main and snapshot.exists():
+            shutil.rmtree(snapshot)  # a stale generation of an earlier run (and its caches)
+        if self.partitioned:
+            barrier()
+            # Collective: gathered one submodule at a time, written by rank 0.
+            export_pretrained(self.teacher, snapshot)
+        elif self.dist.is_main:
             self.teacher.save_pretrained(snapshot)
+        if self.dist.is_main:
             (snapshot / "COMPLETE").write_text("ok\n")
         barrier()
 

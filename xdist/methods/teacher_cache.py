@@ -21,6 +21,11 @@ coefficient, for k ≤ K — is unchanged, because the filled value ``T·log(mea
 is at most the tail's maximum, which is at most the K-th largest value. Cached logits are only valid
 for the temperature they were built with (``rest_lse`` depends on T).
 
+A ZeRO-3-partitioned teacher (``method.teacher_partition: zero3``) gathers its parameters in every
+forward, a collective: every rank must run the same number of forwards, but the ranks' shard subsets
+differ in size. The builder then keeps them in step (one tiny all-reduce per batch: does any rank still
+have a batch?): a rank that has run out runs a one-row dummy batch and discards its output.
+
 Memory: every rank loads the whole cache (``full``: 8·L bytes per feature and head pair, e.g. 132 MB
 for 43k features at L = 384); use ``topk`` at larger scale.
 """
@@ -29,7 +34,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -37,6 +44,7 @@ from tqdm.auto import tqdm
 
 from xdist.data.shards import Manifest, decode_sample, raw_samples
 from xdist.distributed import DistEnv, barrier
+from xdist.models import is_partitioned
 
 log = logging.getLogger("xdist.cache")
 
@@ -96,7 +104,8 @@ def build_teacher_cache(
 ) -> TeacherCache:
     """Compute (or reuse, if complete) the cache of ``teacher`` over ``manifest``'s shards; load it.
 
-    Collective: every rank calls it (each computes a share of the shards, then all load everything).
+    Collective: every rank calls it (each computes a share of the shards, then all load everything). With
+    a ZeRO-3-partitioned teacher the ranks also run equally many forwards (padding passes; see above).
     """
     directory.mkdir(parents=True, exist_ok=True)
     mine = directory / f"rank{dist.rank}-of-{dist.world_size}.npz"
@@ -104,30 +113,33 @@ def build_teacher_cache(
         urls = [str(manifest.shard_path(s)) for i, s in enumerate(manifest.shards) if i % dist.world_size == dist.rank]
         keys: list[str] = []
         parts: list[dict[str, np.ndarray]] = []
-        batch: list = []
         device = next(teacher.parameters()).device
 
-        def flush() -> None:
+        def forward(batch: list) -> torch.Tensor:
             inputs = {
                 name: torch.from_numpy(np.stack([getattr(s, name) for s in batch]).astype(np.int64)).to(device)
                 for name in ("input_ids", "attention_mask", "token_type_ids")
             }
             out = teacher(**inputs)
-            logits = torch.stack([out.start_logits, out.end_logits], dim=1).float().cpu()  # [B, 2, L]
-            parts.append({"logits": logits.numpy()} if mode == "full" else _compress(logits, topk, temperature))
-            keys.extend(s.key for s in batch)
-            batch.clear()
+            return torch.stack([out.start_logits, out.end_logits], dim=1).float().cpu()  # [B, 2, L]
 
+        batches = _batches(raw_samples(urls), manifest.max_length, batch_size)
+        collective = is_partitioned(teacher) and dist.world_size > 1
+        padding = 0
         expected = sum(s.samples for i, s in enumerate(manifest.shards) if i % dist.world_size == dist.rank)
         with tqdm(total=expected, desc="teacher cache", disable=not dist.is_main, leave=False) as bar:
-            for raw in raw_samples(urls):
-                batch.append(decode_sample(raw, manifest.max_length))
-                if len(batch) == batch_size:
-                    bar.update(len(batch))
-                    flush()
-            if batch:
+            for batch in (_in_step(batches, dist) if collective else batches):
+                if batch is None:  # this rank is done, another is not: a forward for the collective only
+                    forward([_dummy_sample(manifest.max_length)])
+                    padding += 1
+                    continue
+                logits = forward(batch)
+                parts.append({"logits": logits.numpy()} if mode == "full" else _compress(logits, topk, temperature))
+                keys.extend(s.key for s in batch)
                 bar.update(len(batch))
-                flush()
+        if padding:
+            log.info("teacher cache: rank %d ran %d padding forwards to keep the partitioned teacher in step",
+                     dist.rank, padding)
         arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
         tmp = mine.with_suffix(".tmp.npz")
         np.savez(tmp, keys=np.asarray(keys, dtype=str), **arrays)
@@ -138,6 +150,37 @@ def build_teacher_cache(
         barrier()
     return load_teacher_cache(directory, dist.world_size, mode=mode, length=manifest.max_length,
                               temperature=temperature)
+
+
+def _batches(raws: Iterator, max_length: int, batch_size: int) -> Iterator[list]:
+    batch: list = []
+    for raw in raws:
+        batch.append(decode_sample(raw, max_length))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _in_step(batches: Iterator[list], dist: DistEnv) -> Iterator[list | None]:
+    """``batches``, then ``None`` until every rank has run out of batches (collective: all ranks iterate)."""
+    pending = iter(batches)
+    while True:
+        batch = next(pending, None)
+        more = torch.tensor([int(batch is not None)], device=dist.device)
+        torch.distributed.all_reduce(more, op=torch.distributed.ReduceOp.MAX)
+        if not more.item():
+            return
+        yield batch
+
+
+def _dummy_sample(max_length: int) -> SimpleNamespace:
+    """A one-row input of token id 0 with one visible position, for a padding forward (output discarded)."""
+    zeros = np.zeros(max_length, dtype=np.int64)
+    mask = zeros.copy()
+    mask[0] = 1
+    return SimpleNamespace(key="", input_ids=zeros, attention_mask=mask, token_type_ids=zeros)
 
 
 def load_teacher_cache(directory: Path, world_size: int, *, mode: str, length: int, temperature: float) -> TeacherCache:

@@ -107,7 +107,8 @@ def test_zero3_partitioned_teacher(job, tmp_path, mode):
 
 def test_teacher_cache_matches_online_teacher(job, tmp_path):
     """Full cache: the same loss at every step as the online teacher (hence the same gradients, since the
-    weights evolve identically over 3 generations); top-k cache: the same coefficients, close losses."""
+    weights evolve identically over 3 generations); top-k cache: with the same (generation-0) teacher the same
+    coefficients and close losses; later generations drift slightly, as their teachers come from the students."""
     runs = {}
     for mode in ("online", "full", "topk"):
         out = tmp_path / mode
@@ -119,8 +120,13 @@ def test_teacher_cache_matches_online_teacher(job, tmp_path):
         assert a["loss"] == b["loss"] and a["loss/kd"] == b["loss/kd"], (a, b)
         assert a["kd/coefficient"] == b["kd/coefficient"]
     for a, c in zip(online, topk, strict=True):
-        assert a["kd/coefficient"] == pytest.approx(c["kd/coefficient"], abs=1e-7)
-        assert c["loss"] == pytest.approx(a["loss"], rel=5e-3)
+        if a["kd/generation"] == 0:
+            # Same teacher: the top-k cache ranks exactly (coefficient) and approximates only the KL tail.
+            assert a["kd/coefficient"] == pytest.approx(c["kd/coefficient"], abs=1e-7)
+            assert c["loss"] == pytest.approx(a["loss"], rel=5e-3)
+        else:
+            # Later teachers are copies of students that trained on slightly different (approximate) losses.
+            assert c["loss"] == pytest.approx(a["loss"], rel=5e-2)
     assert (tmp_path / "full" / "teachers" / "gen2").is_dir()
     assert list((tmp_path / "full" / "teachers" / "gen1").glob("cache-full-*/COMPLETE"))
 

@@ -24,26 +24,35 @@ SKD = ["--nproc", "2", "--set", "method.name=skd", "--set", "method.coefficient=
        "--set", "train.log_every=1"]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_generations_refresh_and_freeze_the_teacher(job, tmp_path, stage):
+def run_worker(job, tmp_path, zero_json: str, *mode: str) -> list[dict]:
+    """Launch tests/distributed/skd_worker.py on 2 gloo ranks; return each rank's record."""
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-         str(job), str(REPO / "configs" / "deepspeed" / f"zero{stage}.json"), str(tmp_path)],
+         str(job), str(REPO / "configs" / "deepspeed" / zero_json), str(tmp_path), *mode],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-5000:]
-    for rank in (0, 1):
-        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def assert_generations(record: dict) -> None:
+    """Three generations; at each refresh the teacher is the student exactly, then frozen for the epoch."""
+    assert [e["generation"] for e in record["epochs"]] == [0, 1, 2]
+    for epoch in record["epochs"]:
+        # The teacher is the student at the moment of the refresh, exactly (fp32)...
+        assert epoch["teacher_vs_student_at_refresh"] == 0.0, epoch
+        # ...and stays frozen for the whole epoch while the student moves on.
+        assert epoch["teacher_change_during_epoch"] == 0.0, epoch
+        assert epoch["student_vs_teacher_at_end"] > 1e-4, epoch
+        assert not epoch["teacher_requires_grad"] and not epoch["teacher_has_grad"]
+        assert not epoch["teacher_training_mode"] and epoch["snapshot_complete"]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_generations_refresh_and_freeze_the_teacher(job, tmp_path, stage):
+    for record in run_worker(job, tmp_path, f"zero{stage}.json"):
         assert record["zero_stage"] == stage
-        assert [e["generation"] for e in record["epochs"]] == [0, 1, 2]
-        for epoch in record["epochs"]:
-            # The teacher is the student at the moment of the refresh, exactly (fp32)...
-            assert epoch["teacher_vs_student_at_refresh"] == 0.0, epoch
-            # ...and stays frozen for the whole epoch while the student moves on.
-            assert epoch["teacher_change_during_epoch"] == 0.0, epoch
-            assert epoch["student_vs_teacher_at_end"] > 1e-4, epoch
-            assert not epoch["teacher_requires_grad"] and not epoch["teacher_has_grad"]
-            assert not epoch["teacher_training_mode"] and epoch["snapshot_complete"]
+        assert_generations(record)
 
         check = record["check"]
         # The logged coefficient is the authors' mAP@10 (±5 window) of the same teacher logits.
@@ -63,26 +72,15 @@ def test_zero3_partitioned_teacher(job, tmp_path, mode):
     per-rank batch counts) equals it online, and its snapshot restores it. zero3-threshold0: every
     parameter partitioned (fp32); zero3-persistent: the file's persistence threshold (small parameters
     kept whole after first use; bf16)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-         str(job), str(REPO / "configs" / "deepspeed" / "zero3.json"), str(tmp_path), mode],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    records = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    records = run_worker(job, tmp_path, "zero3.json", mode)
     for record in records:
-        assert [e["generation"] for e in record["epochs"]] == [0, 1, 2]
+        assert_generations(record)
         for epoch in record["epochs"]:
             numel = epoch["teacher_numel"]
             # Each rank holds its half of every parameter (padded to an even size), not the whole model.
             assert epoch["teacher_partitioned"] and numel["local"] < 0.51 * numel["full"], numel
             assert epoch["rng_untouched"]  # building/refreshing the teacher leaves dropout's RNG alone
             assert (numel["persistent"] == 0) == (mode == "zero3-threshold0"), numel
-            assert epoch["teacher_vs_student_at_refresh"] == 0.0, epoch
-            assert epoch["teacher_change_during_epoch"] == 0.0, epoch
-            assert epoch["student_vs_teacher_at_end"] > 1e-4, epoch
-            assert not epoch["teacher_requires_grad"] and not epoch["teacher_has_grad"]
-            assert not epoch["teacher_training_mode"] and epoch["snapshot_complete"]
         check = record["check"]
         assert check["logged_coefficient"] == pytest.approx(check["expected_coefficient"], abs=1e-6)
         assert check["loss_map"] == pytest.approx(check["ce"] + check["expected_coefficient"] * check["kl"],

@@ -99,11 +99,14 @@ def _in_launch() -> bool:
 
 def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     """Re-run this command under torchrun with ``args.nproc`` local ranks and wait for it."""
-    forwarded = [a for a in argv if not a.startswith("--nproc")]
-    # drop the value that followed a separate "--nproc N"
-    if "--nproc" in argv:
-        i = argv.index("--nproc")
-        forwarded = argv[:i] + argv[i + 2 :]
+    forwarded, skip_value = [], False
+    for arg in argv:  # every argument but "--nproc N" / "--nproc=N"
+        if skip_value:
+            skip_value = False
+        elif arg == "--nproc":
+            skip_value = True
+        elif not arg.startswith("--nproc="):
+            forwarded.append(arg)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
         "-m", "xdist.cli", *forwarded,

@@ -55,10 +55,6 @@ class Monitor:
             return
         self._writer.add_image(tag, image_hwc, step, dataformats="HWC")
 
-    def text(self, tag: str, text: str, step: int = 0) -> None:
-        if self._writer is not None:
-            self._writer.add_text(tag, text, step)
-
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         """Log the run's hyper-parameters with its final metrics (TensorBoard's HPARAMS tab)."""
         if self._writer is None:

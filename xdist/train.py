@@ -47,12 +47,9 @@ class TrainResult:
     """What a finished run reports (on every rank; metrics only on the main rank)."""
 
     steps: int
-    losses: list[float]
-    """Mean loss over ranks of every optimizer step run by *this* invocation (for tests and benchmarks)."""
-
     metrics: dict[str, Any] | None
     output_dir: Path
-    samples_per_second: float
+    """Holds ``train_log.jsonl`` (every step's losses), checkpoints, the export and the eval reports."""
 
 
 def seed_everything(seed: int, rank: int) -> None:
@@ -193,11 +190,9 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
         return result
 
     # ---- loop -----------------------------------------------------------------------------------
-    losses: list[float] = []
-    window: dict[str, float] = {}
+    window: dict[str, Any] = {}  # sums over the accumulation window (tensors stay on device: no sync)
     window_micro = 0
     throughput = Throughput()
-    total_samples, total_time = 0, 0.0
     engine.train()
     # With max_steps set, epochs keep coming until the step budget is spent (it overrides epochs).
     epoch_limit = math.inf if tcfg.max_steps else tcfg.epochs
@@ -206,27 +201,23 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
         throughput.reset()  # a teacher refresh or cache build is not training time
         epoch_start = time.perf_counter()
         for batch in stream.iter_epoch(epoch, start_step=micro_in_epoch):
-            t0 = time.perf_counter()
             output = method.step(engine, batch)
             engine.backward(output.loss)
             updated = engine.step()  # True exactly when this micro-batch closed an accumulation window
             micro_in_epoch += 1
             window_micro += 1
-            for key, value in {"loss": output.loss.detach().float().item(), **output.logs}.items():
+            for key, value in {"loss": output.loss.detach(), **output.logs}.items():
                 window[key] = window.get(key, 0.0) + value
-            rows = batch["input_ids"].shape[0]
-            throughput.add(rows, int(batch["attention_mask"].sum()))
-            total_samples += rows
-            total_time += time.perf_counter() - t0
+            throughput.add(batch["input_ids"].shape[0], int(batch["attention_mask"].sum()))  # CPU tensors
             if not updated:
                 continue
 
             step += 1
             keys = sorted(window)
-            means = mean_over_ranks([window[k] / window_micro for k in keys], dist)
+            # One host sync per optimizer step (not per micro-batch), then one all-reduce for the log.
+            means = mean_over_ranks([float(window[k]) / window_micro for k in keys], dist)
             step_logs = dict(zip(keys, means, strict=True))
             window, window_micro = {}, 0
-            losses.append(step_logs["loss"])
             if dist.is_main:
                 # One JSON line per optimizer step: the run's loss curve, diffable across runs/commits.
                 with open(out / "train_log.jsonl", "a") as f:
@@ -276,5 +267,4 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
         }
         monitor.hparams(flatten(to_dict(cfg.train), "train.") | flatten(to_dict(cfg.model), "model."), final)
     monitor.close()
-    rate = total_samples * dist.world_size / total_time if total_time else math.nan
-    return TrainResult(steps=step, losses=losses, metrics=metrics, output_dir=out, samples_per_second=rate)
+    return TrainResult(steps=step, metrics=metrics, output_dir=out)

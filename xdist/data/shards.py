@@ -497,9 +497,13 @@ def load_manifest(
     return manifest
 
 
-def check_tokenizer(manifest: Manifest, tokenizer: str | os.PathLike) -> None:
-    """Raise :class:`ShardError` unless ``tokenizer`` is the tokenizer the shards were written with."""
-    actual = tokenizer_fingerprint(tokenizer)
+def check_tokenizer(manifest: Manifest, tokenizer: str | os.PathLike, fingerprint: str | None = None) -> None:
+    """Raise :class:`ShardError` unless ``tokenizer`` is the tokenizer the shards were written with.
+
+    ``fingerprint`` is ``tokenizer_fingerprint(tokenizer)`` when the caller already has it (several shard
+    sets checked against one tokenizer hash its files once).
+    """
+    actual = tokenizer_fingerprint(tokenizer) if fingerprint is None else fingerprint
     if manifest.tokenizer_fingerprint != actual:
         raise ShardError(
             f"{manifest.directory / MANIFEST_NAME}: shards were tokenized with a tokenizer of fingerprint "

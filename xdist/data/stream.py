@@ -63,6 +63,7 @@ from xdist.data.shards import (
     json_fingerprint,
     load_manifest,
     raw_samples,
+    tokenizer_fingerprint,
 )
 
 log = logging.getLogger(__name__)
@@ -393,9 +394,11 @@ class TrainStream:
             self.manifests = [load_manifest(index.set_dir(manifest_dir, e)) for e in range(len(index.sets))]
         self.manifest = self.manifests[0]
         """The manifest of epoch 0's shard set (the only one without per-epoch sets); see :meth:`manifest_for`."""
+        # Hashed once: a tokenizer.json is megabytes, and per-epoch runs check one shard set per epoch.
+        fingerprint = None if tokenizer_path is None else tokenizer_fingerprint(tokenizer_path)
         for manifest in self.manifests:
             if tokenizer_path is not None:
-                check_tokenizer(manifest, tokenizer_path)
+                check_tokenizer(manifest, tokenizer_path, fingerprint)
             if max_length is not None and max_length != manifest.max_length:
                 raise StreamError(
                     f"{manifest.directory}: shards hold features of max_length {manifest.max_length}, "

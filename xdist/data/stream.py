@@ -392,8 +392,6 @@ class TrainStream:
                     "re-run `xdist prepare --overwrite`"
                 )
             self.manifests = [load_manifest(index.set_dir(manifest_dir, e)) for e in range(len(index.sets))]
-        self.manifest = self.manifests[0]
-        """The manifest of epoch 0's shard set (the only one without per-epoch sets); see :meth:`manifest_for`."""
         # Hashed once: a tokenizer.json is megabytes, and per-epoch runs check one shard set per epoch.
         fingerprint = None if tokenizer_path is None else tokenizer_fingerprint(tokenizer_path)
         for manifest in self.manifests:
@@ -406,8 +404,6 @@ class TrainStream:
                 )
         self.rank = rank
         self.plans = [make_plan(m, world_size, micro_batch_size, data, seed) for m in self.manifests]
-        self.plan = self.plans[0]
-        """The plan of epoch 0's shard set; see :meth:`plan_for`."""
         workers = data.num_workers if num_workers is None else num_workers
         if workers < 0:
             raise StreamError(f"num_workers must be >= 0, got {workers}")
@@ -434,6 +430,16 @@ class TrainStream:
                     plan.repeated_samples, plan.total_samples, 100.0 * plan.repeated_samples / plan.total_samples,
                     plan.num_slots, min(plan.slot_samples), max(plan.slot_samples),
                 )
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest of epoch 0's shard set (the only one without per-epoch sets); see :meth:`manifest_for`."""
+        return self.manifests[0]
+
+    @property
+    def plan(self) -> StreamPlan:
+        """The plan of epoch 0's shard set; see :meth:`plan_for`."""
+        return self.plans[0]
 
     @property
     def num_shard_sets(self) -> int:

@@ -55,6 +55,7 @@ SHARD_NAME_RE = re.compile(r"train-\d{6}\.tar")
 ARRAY_MEMBERS = ("input_ids.npy", "attention_mask.npy", "token_type_ids.npy")
 META_MEMBER = "meta.json"
 SAMPLE_MEMBERS = (*ARRAY_MEMBERS, META_MEMBER)
+_SAMPLE_MEMBER_SET = frozenset(SAMPLE_MEMBERS)  # what decode_sample compares every sample's members with
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 """Files of a Hugging Face tokenizer directory that determine its output; hashed into its fingerprint."""
@@ -164,8 +165,7 @@ def source_name(source: str) -> str:
     return source.split(":", 1)[0] or "(unknown)"
 
 
-def _check_feature(index: int, feature: QAFeature, length: int) -> None:
-    where = f"feature #{index} (example {feature.example_uid!r}, window {feature.window})"
+def _check_feature(where: str, feature: QAFeature, length: int) -> None:
     if length <= 0:
         raise ShardError(f"{where}: input_ids is empty")
     if not feature.example_uid:
@@ -267,9 +267,9 @@ def write_shards(
     length = 0
     for index, feature in enumerate(features):
         length = length or len(feature.input_ids)
-        _check_feature(index, feature, length)
-        key = sample_key(feature.example_uid, feature.window)
         where = f"feature #{index} (example {feature.example_uid!r}, window {feature.window})"
+        _check_feature(where, feature, length)
+        key = sample_key(feature.example_uid, feature.window)
         if key in origin:
             first, uid, window = origin[key]
             raise ShardError(
@@ -577,7 +577,7 @@ def decode_sample(raw: dict[str, Any], max_length: int | None = None) -> ShardSa
     key = raw.get("__key__", "?")
     where = f"{raw.get('__url__', '?')}: sample {key!r}"
     members = {k for k in raw if not k.startswith("__")}
-    if members != set(SAMPLE_MEMBERS):
+    if members != _SAMPLE_MEMBER_SET:
         raise ShardError(f"{where}: members {sorted(members)}, expected exactly {list(SAMPLE_MEMBERS)}")
     arrays = {}
     for member in ARRAY_MEMBERS:

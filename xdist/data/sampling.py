@@ -204,10 +204,10 @@ class EpochIndex:
 
 def write_epoch_index(root: str | os.PathLike, index: EpochIndex) -> Path:
     """Write ``<root>/epochs.json`` atomically (temporary file, then rename); return its path."""
+    from xdist.data.shards import write_text_atomic  # webdataset (and torch) load only when shards are used
+
     path = Path(root) / EPOCH_INDEX_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(index), indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(asdict(index), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return path
 
 
@@ -216,15 +216,12 @@ def load_epoch_index(root: str | os.PathLike) -> EpochIndex | None:
 
     Raises :class:`xdist.data.shards.ShardError` naming the file and the field when it is malformed.
     """
-    from xdist.data.shards import ShardError  # webdataset (and torch) load only when shards are used
+    from xdist.data.shards import ShardError, read_json  # webdataset (and torch) load only when shards are used
 
     path = Path(root) / EPOCH_INDEX_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ShardError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("kind") != EPOCH_INDEX_KIND:
         raise ShardError(f"{path}: not an index of per-epoch shard sets (expected kind {EPOCH_INDEX_KIND!r})")
     if data.get("format_version") != EPOCH_INDEX_VERSION:

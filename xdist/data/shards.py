@@ -339,7 +339,7 @@ def write_shards(
         xdist_version=_xdist_version(),
         directory=out_dir,
     )
-    _write_atomic(out_dir / MANIFEST_NAME, manifest.to_json())
+    write_text_atomic(out_dir / MANIFEST_NAME, manifest.to_json())
     log.info("wrote %d samples in %d shards to %s", manifest.total_samples, len(shards), out_dir)
     return manifest
 
@@ -353,8 +353,8 @@ def _xdist_version() -> str:
         return "unknown"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see a half-written manifest."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see a half-written manifest or index."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -423,6 +423,14 @@ def _field(where: str, data: dict, name: str, expected: type | tuple[type, ...])
     return value
 
 
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``; malformed JSON raises :class:`ShardError` naming file, line and column."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ShardError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+
+
 def load_manifest(
     directory: str | os.PathLike,
     *,
@@ -443,11 +451,7 @@ def load_manifest(
             SHARD_NAME_RE.fullmatch(p.name) for p in existing_shard_files(directory)
         ) else ""
         raise ShardError(f"{path}: no shard manifest here{hint}; run `xdist prepare` to write the shards")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ShardError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ShardError(f"{path}: expected a JSON object at top level")
     version = data.get("format_version")

@@ -83,8 +83,8 @@ def shards_config(cfg: JobConfig) -> dict[str, Any]:
             "max_query_length": features.max_query_length,
         },
     }
-    if shard_sets_needed(cfg) > 1:
-        config["epoch_sets"] = shard_sets_needed(cfg)
+    if (sets := shard_sets_needed(cfg)) > 1:
+        config["epoch_sets"] = sets
     return config
 
 
@@ -118,6 +118,18 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
 
 
+def _setup_changes(
+    recorded: Manifest | EpochIndex, config: dict[str, Any], config_fp: str, tokenizer_fp: str
+) -> list[str]:
+    """What differs between the setup a manifest or epoch index records and this one (empty: up to date)."""
+    reasons = []
+    if recorded.config_fingerprint != config_fp:
+        reasons.append(f"config changed ({_config_changes(recorded.config, config) or 'fingerprint differs'})")
+    if recorded.tokenizer_fingerprint != tokenizer_fp:
+        reasons.append("the tokenizer's files changed")
+    return reasons
+
+
 def _existing_manifest(
     out_dir: Path, config: dict, config_fp: str, tokenizer_fp: str, overwrite: bool
 ) -> Manifest | None:
@@ -125,35 +137,24 @@ def _existing_manifest(
 
     Raises :class:`ShardError` when the directory holds other shards and ``overwrite`` is False.
     """
-    ours = existing_shard_files(out_dir)
-    if not ours:
+    if overwrite or not existing_shard_files(out_dir):
         return None
     try:
         manifest = load_manifest(out_dir)
     except ShardError as err:
-        if overwrite:
-            return None
         raise ShardError(
             f"{out_dir} holds shards that cannot be used ({err}); run prepare with overwrite=True "
             "(xdist prepare --overwrite) to rebuild them"
         ) from None
-    same_config = manifest.config_fingerprint == config_fp
-    same_tokenizer = manifest.tokenizer_fingerprint == tokenizer_fp
-    if same_config and same_tokenizer and not overwrite:
+    reasons = _setup_changes(manifest, config, config_fp, tokenizer_fp)
+    if not reasons:
         log.info("%s is up to date (%d samples in %d shards); nothing to do", out_dir, manifest.total_samples,
                  len(manifest.shards))
         return manifest
-    if not overwrite:
-        reasons = []
-        if not same_config:
-            reasons.append(f"config changed ({_config_changes(manifest.config, config) or 'fingerprint differs'})")
-        if not same_tokenizer:
-            reasons.append("the tokenizer's files changed")
-        raise ShardError(
-            f"{out_dir} holds shards written from a different setup: {', '.join(reasons)}; run prepare with "
-            "overwrite=True (xdist prepare --overwrite) to replace them, or set data.shards to a new directory"
-        )
-    return None
+    raise ShardError(
+        f"{out_dir} holds shards written from a different setup: {', '.join(reasons)}; run prepare with "
+        "overwrite=True (xdist prepare --overwrite) to replace them, or set data.shards to a new directory"
+    )
 
 
 def _clear(out_dir: Path) -> None:
@@ -229,17 +230,11 @@ def prepare_sets(cfg: JobConfig, *, overwrite: bool = False, progress: bool = Tr
         if not overwrite:
             raise
         index = None
-    if index is not None and not overwrite:
-        if index.config_fingerprint != config_fp or index.tokenizer_fingerprint != tokenizer_fp:
-            reasons = []
-            if index.config_fingerprint != config_fp:
-                reasons.append(f"config changed ({_config_changes(index.config, config) or 'fingerprint differs'})")
-            if index.tokenizer_fingerprint != tokenizer_fp:
-                reasons.append("the tokenizer's files changed")
-            raise ShardError(
-                f"{out_dir} holds {layout} written from a different setup: {', '.join(reasons)}; run prepare with "
-                "overwrite=True (xdist prepare --overwrite) to replace them, or set data.shards to a new directory"
-            )
+    if index is not None and not overwrite and (reasons := _setup_changes(index, config, config_fp, tokenizer_fp)):
+        raise ShardError(
+            f"{out_dir} holds {layout} written from a different setup: {', '.join(reasons)}; run prepare with "
+            "overwrite=True (xdist prepare --overwrite) to replace them, or set data.shards to a new directory"
+        )
     if existing_shard_files(out_dir):
         if not overwrite:
             raise ShardError(

@@ -121,6 +121,9 @@ class KDOutput(NamedTuple):
 
 @dataclass(frozen=True)
 class _KDOptions:
+    """The scalar options of :func:`kd_loss`, checked and normalised at construction (ValueError naming
+    the argument), so :class:`KDLoss` fails when it is built, not at the first step."""
+
     temperature: float
     direction: Direction
     beta: float
@@ -128,6 +131,24 @@ class _KDOptions:
     alpha_kl: float
     alpha_ce: float
     ignore_index: int
+
+    def __post_init__(self) -> None:
+        if self.direction not in _DIRECTION_CODE:
+            raise ValueError(f"kd_loss: direction must be one of {sorted(_DIRECTION_CODE)}, got {self.direction!r}")
+        temperature = _finite_float("temperature", self.temperature)
+        if temperature <= 0:
+            raise ValueError(f"kd_loss: temperature must be > 0, got {temperature}")
+        beta = _finite_float("beta", self.beta)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"kd_loss: beta must be in [0, 1], got {beta}")
+        alpha_kl = _finite_float("alpha_kl", self.alpha_kl)
+        alpha_ce = _finite_float("alpha_ce", self.alpha_ce)
+        if alpha_kl < 0 or alpha_ce < 0:
+            raise ValueError(f"kd_loss: alpha_kl and alpha_ce must be >= 0, got {alpha_kl} and {alpha_ce}")
+        normalised = dict(temperature=temperature, beta=beta, t2_scaling=bool(self.t2_scaling), alpha_kl=alpha_kl,
+                          alpha_ce=alpha_ce, ignore_index=int(self.ignore_index))  # fmt: skip
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)  # frozen: the dataclass way to set fields in __post_init__
 
     @property
     def kernel_direction(self) -> Direction:
@@ -156,27 +177,9 @@ def _validate(
     teacher: torch.Tensor,
     labels: torch.Tensor | None,
     row_weight: torch.Tensor | None,
-    temperature: float,
-    direction: str,
-    beta: float,
-    t2_scaling: bool,
-    alpha_kl: float,
-    alpha_ce: float,
-    ignore_index: int,
-) -> _KDOptions:
-    """Check shapes, dtypes and options; raise ValueError naming the argument and what was expected."""
-    if direction not in _DIRECTION_CODE:
-        raise ValueError(f"kd_loss: direction must be one of {sorted(_DIRECTION_CODE)}, got {direction!r}")
-    temperature = _finite_float("temperature", temperature)
-    if temperature <= 0:
-        raise ValueError(f"kd_loss: temperature must be > 0, got {temperature}")
-    beta = _finite_float("beta", beta)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"kd_loss: beta must be in [0, 1], got {beta}")
-    alpha_kl = _finite_float("alpha_kl", alpha_kl)
-    alpha_ce = _finite_float("alpha_ce", alpha_ce)
-    if alpha_kl < 0 or alpha_ce < 0:
-        raise ValueError(f"kd_loss: alpha_kl and alpha_ce must be >= 0, got {alpha_kl} and {alpha_ce}")
+    opts: _KDOptions,
+) -> None:
+    """Check shapes, dtypes and devices of the tensors; raise ValueError naming the argument and what was expected."""
     for name, x in (("student_logits", student), ("teacher_logits", teacher)):
         if x.dim() != 2:
             raise ValueError(f"kd_loss: {name} must be 2-D [N, V] (flatten with .view(-1, V)), got {tuple(x.shape)}")
@@ -202,21 +205,20 @@ def _validate(
         # A range check reads the labels back; free on CPU, a host sync on CUDA. On CUDA the kernel
         # instead turns an out-of-range label into a NaN CE row (and loss), so it is never silent.
         if labels.device.type == "cpu":
-            bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+            bad = (labels != opts.ignore_index) & ((labels < 0) | (labels >= vocab))
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])
                 raise ValueError(
                     f"kd_loss: labels[{row}] = {int(labels[row])} is outside [0, {vocab}) "
-                    f"and not ignore_index={ignore_index}"
+                    f"and not ignore_index={opts.ignore_index}"
                 )
-    elif alpha_ce != 0.0:
-        raise ValueError(f"kd_loss: alpha_ce={alpha_ce} needs hard labels, but labels is None")
+    elif opts.alpha_ce != 0.0:
+        raise ValueError(f"kd_loss: alpha_ce={opts.alpha_ce} needs hard labels, but labels is None")
     if row_weight is not None:
         if row_weight.shape != (n_rows,):
             raise ValueError(f"kd_loss: row_weight must have shape ({n_rows},), got {tuple(row_weight.shape)}")
         if row_weight.device != student.device:
             raise ValueError(f"kd_loss: row_weight on {row_weight.device} but logits on {student.device}")
-    return _KDOptions(temperature, direction, beta, bool(t2_scaling), alpha_kl, alpha_ce, int(ignore_index))
 
 
 def _row_coefficients(
@@ -297,10 +299,8 @@ def kd_reference(
 
     Same arguments and semantics as :func:`kd_loss`; gradients come from autograd.
     """
-    opts = _validate(
-        student_logits, teacher_logits, labels, row_weight,
-        temperature, direction, beta, t2_scaling, alpha_kl, alpha_ce, ignore_index,
-    )  # fmt: skip
+    opts = _KDOptions(temperature, direction, beta, t2_scaling, alpha_kl, alpha_ce, ignore_index)
+    _validate(student_logits, teacher_logits, labels, row_weight, opts)
     return _reference(student_logits, teacher_logits, labels, row_weight, opts, teacher_grad)
 
 
@@ -662,10 +662,8 @@ def kd_loss(
     Returns:
         :class:`KDOutput` (loss, kl_rows, ce_rows).
     """
-    opts = _validate(
-        student_logits, teacher_logits, labels, row_weight,
-        temperature, direction, beta, t2_scaling, alpha_kl, alpha_ce, ignore_index,
-    )  # fmt: skip
+    opts = _KDOptions(temperature, direction, beta, t2_scaling, alpha_kl, alpha_ce, ignore_index)
+    _validate(student_logits, teacher_logits, labels, row_weight, opts)
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"kd_loss: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "auto":
@@ -713,11 +711,7 @@ class KDLoss(nn.Module):
             teacher_grad=teacher_grad, backend=backend,
         )  # fmt: skip
         # Fail at construction, not at the first step.
-        probe = torch.zeros(1, 2)
-        _validate(
-            probe, probe, torch.zeros(1, dtype=torch.long), None, temperature, direction, beta,
-            t2_scaling, alpha_kl, alpha_ce, ignore_index,
-        )  # fmt: skip
+        _KDOptions(temperature, direction, beta, t2_scaling, alpha_kl, alpha_ce, ignore_index)
 
     def forward(
         self,

@@ -453,29 +453,39 @@ class _Read:
             raise self.fail(f"{path}: {where} has no title, so articles: {articles} cannot split it by article")
         return title_is_eval(title, self.data.title_split) == (articles == "eval")
 
-    def build_cell(self, cell: Cell, context_file: _ParsedFile, question_file: _ParsedFile) -> list[QAExample]:
-        q_lang, c_lang = cell
+    def label(self, context_file: _ParsedFile, question_file: _ParsedFile) -> str:
+        """:attr:`QAExample.source` of examples with contexts from one file and questions from another."""
         label = f"{self.source.name}:{context_file.path.name}"
         if question_file is not context_file:
             label += f" (questions from {question_file.path.name})"
+        return label
+
+    def example(self, cell: Cell, record: _Record, question_file: _ParsedFile, label: str) -> QAExample | None:
+        """``record``'s context and answers with its question from ``question_file``; None (counted) when the
+        question's record was skipped there for a bad question (its id exists: parallel ids were checked)."""
+        q_lang, c_lang = cell
+        question = question_file.questions.get(record.id)
+        if question is None:
+            self.skipped.add(
+                "question_missing",
+                f"{question_file.path}: record id {record.id!r} has no usable question for cell {q_lang}-{c_lang}",
+            )
+            return None
+        return QAExample(
+            id=record.id, question=question, question_lang=q_lang, context=record.context, context_lang=c_lang,
+            answers=record.answers, title=record.title, source=label,
+        )
+
+    def build_cell(self, cell: Cell, context_file: _ParsedFile, question_file: _ParsedFile) -> list[QAExample]:
+        label = self.label(context_file, question_file)
         examples: list[QAExample] = []
         for record in context_file.records:
             if not self.keep_title(record.title, context_file.path, record.where):
                 continue
-            question = question_file.questions.get(record.id)
-            if question is None:
-                # The id exists there (ids were checked) but its record was skipped for a bad question.
-                self.skipped.add(
-                    "question_missing",
-                    f"{question_file.path}: record id {record.id!r} has no usable question for cell {q_lang}-{c_lang}",
-                )
+            example = self.example(cell, record, question_file, label)
+            if example is None:
                 continue
-            examples.append(
-                QAExample(
-                    id=record.id, question=question, question_lang=q_lang, context=record.context,
-                    context_lang=c_lang, answers=record.answers, title=record.title, source=label,
-                )
-            )
+            examples.append(example)
             if self.source.max_examples is not None and len(examples) >= self.source.max_examples:
                 break
         return examples
@@ -579,7 +589,6 @@ def _sample_parallel(read: _Read, files: dict[str, _ParsedFile]) -> list[QAExamp
         _check_parallel(files)
     read.sampling = SamplingReport.start(sampling, read.epoch)
     records = {lang: {record.id: record for record in parsed.records} for lang, parsed in files.items()}
-    names = {lang: f"{read.source.name}:{parsed.path.name}" for lang, parsed in files.items()}
     examples: list[QAExample] = []
     for qid in files[languages[0]].ids:
         present = {lang: records[lang][qid] for lang in languages if qid in records[lang]}
@@ -599,20 +608,11 @@ def _sample_parallel(read: _Read, files: dict[str, _ParsedFile]) -> list[QAExamp
             record = present.get(c_lang)
             if record is None:
                 continue  # this language's record was skipped (counted by the parser)
-            question = files[q_lang].questions.get(qid)
-            if question is None:
-                read.skipped.add(
-                    "question_missing",
-                    f"{files[q_lang].path}: record id {qid!r} has no usable question for cell {q_lang}-{c_lang}",
-                )
+            label = read.label(files[c_lang], files[q_lang])
+            example = read.example((q_lang, c_lang), record, files[q_lang], label)
+            if example is None:
                 continue
-            label = names[c_lang] + (f" (questions from {files[q_lang].path.name})" if q_lang != c_lang else "")
-            examples.append(
-                QAExample(
-                    id=qid, question=question, question_lang=q_lang, context=record.context, context_lang=c_lang,
-                    answers=record.answers, title=record.title, source=label,
-                )
-            )
+            examples.append(example)
             emitted.append((q_lang, c_lang))
         read.sampling.add(chosen, emitted)
         if read.source.max_examples is not None and read.sampling.questions >= read.source.max_examples:

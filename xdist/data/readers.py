@@ -149,6 +149,11 @@ def _is_url(path: str) -> bool:
     return urllib.parse.urlparse(path).scheme in (*_URL_SCHEMES, "file")
 
 
+def _is_remote(path: str) -> bool:
+    """An http(s) URL: downloaded, and not listable as a directory."""
+    return urllib.parse.urlparse(path).scheme in _URL_SCHEMES
+
+
 def download_cache_dir() -> Path:
     """Where downloaded files are kept: ``$XDIST_CACHE/downloads``, default ``~/.cache/xdist/downloads``."""
     base = os.environ.get("XDIST_CACHE")
@@ -443,7 +448,7 @@ class _Read:
             for lang in (q, c):
                 if lang not in languages:
                     raise self.fail(f"pairs names language '{lang}' ({q}-{c}), but the source has {languages}")
-        return list(dict.fromkeys(cells))
+        return cells
 
     def keep_title(self, title: str | None, path: Path, where: str) -> bool:
         articles = self.source.articles
@@ -519,7 +524,7 @@ def _listed_cells(pairs: str) -> list[Cell]:
 
 def _single_file_url(read: _Read, location: str) -> None:
     """Directories cannot be listed over http(s): such a source must name one file."""
-    if urllib.parse.urlparse(location).scheme in _URL_SCHEMES and not location.endswith(".json"):
+    if _is_remote(location) and not location.endswith(".json"):
         raise read.fail(f"{location} is a URL but not of a .json file; a URL directory cannot be listed")
 
 
@@ -542,7 +547,7 @@ def _read_xquad(read: _Read, location: str) -> list[QAExample]:
         if match is None:
             raise read.fail(f"{location}: expected a file named xquad.<lang>.json")
         paths = {match.group(1): resolve_path(location)}
-    elif _is_url(location) and not location.startswith("file:"):
+    elif _is_remote(location):
         if not source.languages:
             raise read.fail(f"{location} is a URL prefix; a URL cannot be listed, so set 'languages'")
         paths = {lang: resolve_path(f"xquad.{lang}.json", location) for lang in source.languages}
@@ -565,14 +570,12 @@ def _read_xquad(read: _Read, location: str) -> list[QAExample]:
     languages = list(paths)
     if source.sampling is not None:
         return _sample_parallel(read, {lang: read.parse(paths[lang]) for lang in languages})
-    if source.pairs not in (None, "diagonal", "all"):
-        # Load only the languages the listed pairs use.
-        cells = read.requested_cells(languages)
-        languages = [lang for lang in languages if any(lang in cell for cell in cells)]
-    files = {lang: read.parse(paths[lang]) for lang in languages}
     cells = read.requested_cells(languages)
+    used = dict.fromkeys(lang for cell in cells for lang in cell)
+    # Load only the languages the cells use (a list of pairs may leave some out).
+    files = {lang: read.parse(paths[lang]) for lang in languages if lang in used}
     if any(q != c for q, c in cells):
-        _check_parallel({lang: files[lang] for lang in dict.fromkeys(lang for cell in cells for lang in cell)})
+        _check_parallel({lang: files[lang] for lang in used})
     examples = []
     for q, c in cells:
         examples += read.build_cell((q, c), files[c], files[q])

@@ -7,7 +7,7 @@ whole features (with offsets) in memory to decode answers back to text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -73,4 +73,3 @@ class QAFeature:
     question_lang: str = ""
     context_lang: str = ""
     source: str = ""
-    extra: dict = field(default_factory=dict)

@@ -59,7 +59,7 @@ from typing import Any
 
 from xdist.config import DataConfig, SourceConfig, TitleSplitConfig, expand_env
 from xdist.data.examples import Answer, QAExample
-from xdist.data.sampling import SamplingReport, question_cells, question_languages
+from xdist.data.sampling import Cell, SamplingReport, question_cells, question_languages
 
 log = logging.getLogger(__name__)
 
@@ -408,10 +408,6 @@ def _unique_id(qid: str, seen: dict[str, int], parsed: _ParsedFile) -> str:
 # --------------------------------------------------------------------------------------------------
 # Cells, files and formats
 # --------------------------------------------------------------------------------------------------
-
-Cell = tuple[str, str]
-"""(question language, context language)."""
-
 
 @dataclass
 class _Read:

@@ -41,9 +41,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
+from xdist.data.examples import Cell
 from xdist.evaluation import CellScore, DecodeInfo, EvalResult, ExampleScore, save_heatmap
-
-Cell = tuple[str, str]
 
 ZERO_METHOD = "wilcox"
 """scipy's ``zero_method`` for the signed-rank test: tied pairs are dropped (the authors' setting)."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+Cell = tuple[str, str]
+"""A cell of the G-XLT matrix: (question language, context language)."""
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -38,7 +41,7 @@ class QAExample:
     """Where the example came from (``name:file``), for error messages and manifests."""
 
     @property
-    def cell(self) -> tuple[str, str]:
+    def cell(self) -> Cell:
         """The (question language, context language) cell of the G-XLT matrix."""
         return (self.question_lang, self.context_lang)
 

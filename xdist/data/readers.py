@@ -58,8 +58,8 @@ from pathlib import Path
 from typing import Any
 
 from xdist.config import DataConfig, SourceConfig, TitleSplitConfig, expand_env
-from xdist.data.examples import Answer, QAExample
-from xdist.data.sampling import Cell, SamplingReport, question_cells, question_languages
+from xdist.data.examples import Answer, Cell, QAExample
+from xdist.data.sampling import SamplingReport, question_cells, question_languages
 
 log = logging.getLogger(__name__)
 

@@ -48,10 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from xdist.config import SamplingConfig
-
-Cell = tuple[str, str]
-"""(question language, context language)."""
-
+from xdist.data.examples import Cell
 
 # --------------------------------------------------------------------------------------------------
 # The draw

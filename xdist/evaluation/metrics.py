@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xdist.data.examples import QAExample, QAFeature
+from xdist.data.examples import Cell, QAExample, QAFeature
 from xdist.evaluation.decode import decode_predictions
 from xdist.evaluation.normalize import Normalizer, Scheme, normalizer_for
-
-Cell = tuple[str, str]
 
 
 def _token_f1(predicted_tokens: list[str], gold_tokens: list[str]) -> float:

@@ -318,6 +318,16 @@ def _load_row_chunk(row_ptr, cols, mask):
 
 
 @_jit
+def _log_mixture(log_p, log_q, log_beta, log_1m_beta):
+    """log m = log(beta p + (1-beta) q) = logaddexp(log beta + log p, log(1-beta) + log q), stable form.
+    One definition for the JSD loss pass and the gradient pass, so the gradient is that of the loss."""
+    x_p = log_p + log_beta
+    x_q = log_q + log_1m_beta
+    hi = tl.maximum(x_p, x_q)
+    return hi + tl.log(1.0 + tl.exp(tl.minimum(x_p, x_q) - hi))
+
+
+@_jit
 def _kd_fwd_kernel(
     s_ptr,  # [N, V] student logits, row stride s_stride, unit column stride, any float dtype
     s_stride,
@@ -401,11 +411,7 @@ def _kd_fwd_kernel(
             t = _load_row_chunk(t_row, cols, mask)
             log_q = (s - m_s) * inv_T - log_d_a  # [BLOCK_V]
             log_p = (t - m_t) * inv_T - log_d_b
-            # log m = logaddexp(log beta + log p, log(1-beta) + log q), stable form
-            x_p = log_p + log_beta
-            x_q = log_q + log_1m_beta
-            hi = tl.maximum(x_p, x_q)
-            log_m = hi + tl.log(1.0 + tl.exp(tl.minimum(x_p, x_q) - hi))
+            log_m = _log_mixture(log_p, log_q, log_beta, log_1m_beta)
             kl_pm += tl.sum(tl.where(mask, tl.exp(log_p) * (log_p - log_m), 0.0), axis=0)
             kl_qm += tl.sum(tl.where(mask, tl.exp(log_q) * (log_q - log_m), 0.0), axis=0)
         div = beta * kl_pm + (1.0 - beta) * kl_qm
@@ -455,10 +461,7 @@ def _kd_fwd_kernel(
             else:
                 log_q = (s - m_s) * inv_T - log_d_a
                 log_p = (t - m_t) * inv_T - log_d_b
-                x_p = log_p + log_beta
-                x_q = log_q + log_1m_beta
-                hi = tl.maximum(x_p, x_q)
-                log_m = hi + tl.log(1.0 + tl.exp(tl.minimum(x_p, x_q) - hi))
+                log_m = _log_mixture(log_p, log_q, log_beta, log_1m_beta)
                 grad_a = (1.0 - beta) * q * (log_q - log_m - kl_qm)
                 grad_b = beta * p * (log_p - log_m - kl_pm)
             if STUDENT_GRAD:

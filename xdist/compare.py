@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +42,11 @@ from scipy import stats
 
 from xdist.data.examples import Cell
 from xdist.evaluation import CellScore, DecodeInfo, EvalResult, ExampleScore, save_heatmap
+from xdist.evaluation.report import check_file_name
 
 ZERO_METHOD = "wilcox"
 """scipy's ``zero_method`` for the signed-rank test: tied pairs are dropped (the authors' setting)."""
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # A cell's F1/EM in metrics.json is the mean of its examples' scores × 100; allow float rounding only.
 _CELL_TOLERANCE = 1e-6
 
@@ -595,13 +594,6 @@ class ComparisonFiles:
     """set → run → heatmap of the run minus the baseline."""
 
 
-def _check_run_name(name: str) -> str:
-    if not _SAFE_NAME.fullmatch(name):
-        raise ValueError(f"run name {name!r} cannot be used in a file name; expected letters, digits, '.', '_', "
-                         "'-' (name the runs explicitly, e.g. --names ce,skd)")
-    return name
-
-
 def write_comparison(comparison: Comparison, out_dir: str | os.PathLike, *, heatmaps: bool = True) -> ComparisonFiles:
     """Write ``comparison.json``, ``comparison.md`` and heatmaps to ``out_dir``.
 
@@ -610,7 +602,7 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike, *, heat
     """
     out = Path(out_dir)
     for name in comparison.runs:
-        _check_run_name(name)
+        check_file_name("run name", name, " (name the runs explicitly, e.g. --names ce,skd)")
     out.mkdir(parents=True, exist_ok=True)
     files = ComparisonFiles(json=out / "comparison.json", markdown=out / "comparison.md")
     files.json.write_text(json.dumps(comparison.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -42,9 +42,12 @@ class ReportFiles:
     heatmaps: dict[str, Path] = field(default_factory=dict)
 
 
-def _check_name(kind: str, name: str) -> str:
+def check_file_name(kind: str, name: str, hint: str = "") -> str:
+    """``name``, which becomes part of a file path; a ValueError naming ``kind`` unless it is a plain name."""
     if not _SAFE_NAME.fullmatch(name):
-        raise ValueError(f"{kind} {name!r} cannot be used in a file name; expected letters, digits, '.', '_', '-'")
+        raise ValueError(
+            f"{kind} {name!r} cannot be used in a file name; expected letters, digits, '.', '_', '-'{hint}"
+        )
     return name
 
 
@@ -127,9 +130,9 @@ def write_report(
             summary.add(result)
     output_dir = Path(output_dir)
     for set_name, result in summary.sets.items():
-        _check_name("evaluation set name", set_name)
+        check_file_name("evaluation set name", set_name)
         for lang in result.languages:
-            _check_name("language code", lang)
+            check_file_name("language code", lang)
 
     files = ReportFiles(metrics=output_dir / "metrics.json")
     _write_json(files.metrics, summary.to_json())

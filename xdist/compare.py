@@ -42,6 +42,7 @@ from scipy import stats
 
 from xdist.data.examples import Cell
 from xdist.evaluation import CellScore, DecodeInfo, EvalResult, ExampleScore, save_heatmap
+from xdist.evaluation.metrics import matrix_json
 from xdist.evaluation.report import check_file_name
 
 ZERO_METHOD = "wilcox"
@@ -316,11 +317,7 @@ class SetComparison:
 
     def matrix(self, run: str, metric: str = "f1") -> np.ndarray:
         """``run``'s cell scores in the baseline's language order (NaN: no such cell)."""
-        position = {lang: i for i, lang in enumerate(self.languages)}
-        values = np.full((len(self.languages),) * 2, np.nan)
-        for (q, c), score in self.results[run].cells.items():
-            values[position[q], position[c]] = getattr(score, metric)
-        return values
+        return self.results[run].matrix(metric, self.languages)
 
     def difference_matrix(self, run: str, metric: str = "f1") -> np.ndarray:
         """``run`` minus the baseline, per cell (F1 or EM points)."""
@@ -342,9 +339,6 @@ class SetComparison:
         return rows
 
     def to_json(self) -> dict:
-        def plain(matrix: np.ndarray) -> list[list[float | None]]:
-            return [[None if math.isnan(v) else float(v) for v in row] for row in matrix]
-
         cells = []
         for cell in self.results[self.baseline].cells:
             row: dict = {"question_lang": cell[0], "context_lang": cell[1]}
@@ -358,7 +352,7 @@ class SetComparison:
             "summary": self.summary(),
             "cells": cells,
             "difference_matrix": {"rows": "question_lang", "columns": "context_lang",
-                                  "f1": {run: plain(self.difference_matrix(run)) for run in self.tests}},
+                                  "f1": {run: matrix_json(self.difference_matrix(run)) for run in self.tests}},
             "tests": {run: tests.to_json() for run, tests in self.tests.items()},
         }
 

@@ -144,6 +144,11 @@ class DecodeInfo:
                 "no_valid_span": self.no_valid_span, "no_features": self.no_features}
 
 
+def matrix_json(values: np.ndarray) -> list[list[float | None]]:
+    """A score matrix as JSON lists, an absent cell (NaN) as null."""
+    return [[None if math.isnan(v) else float(v) for v in row] for row in values]
+
+
 def _average(cells: Iterable[CellScore]) -> Average | None:
     cells = list(cells)
     if not cells:
@@ -185,12 +190,16 @@ class EvalResult:
         """Mean over the diagonal cells present (question language = context language); None if none."""
         return _average(c for c in self.cells.values() if c.question_lang == c.context_lang)
 
-    def matrix(self, metric: str = "f1") -> np.ndarray:
-        """``[len(languages), len(languages)]`` array of ``metric`` (``f1``/``exact_match``); NaN = no cell."""
+    def matrix(self, metric: str = "f1", languages: Sequence[str] | None = None) -> np.ndarray:
+        """``[len(languages), len(languages)]`` array of ``metric`` (``f1``/``exact_match``); NaN = no cell.
+
+        ``languages`` (default :attr:`languages`) orders the axes and must hold every language of the cells.
+        """
         if metric not in ("f1", "exact_match"):
             raise ValueError(f"metric must be 'f1' or 'exact_match', got {metric!r}")
-        position = {lang: i for i, lang in enumerate(self.languages)}
-        values = np.full((len(self.languages), len(self.languages)), np.nan)
+        languages = self.languages if languages is None else languages
+        position = {lang: i for i, lang in enumerate(languages)}
+        values = np.full((len(languages), len(languages)), np.nan)
         for (question_lang, context_lang), score in self.cells.items():
             values[position[question_lang], position[context_lang]] = getattr(score, metric)
         return values
@@ -224,9 +233,6 @@ class EvalResult:
 
     def to_json(self) -> dict:
         """Summary as plain data (no per-example scores): what ``metrics.json`` holds for the set."""
-        def matrix_json(metric: str) -> list[list[float | None]]:
-            return [[None if math.isnan(v) else float(v) for v in row] for row in self.matrix(metric)]
-
         xlt = self.xlt
         return {
             "name": self.name,
@@ -240,7 +246,7 @@ class EvalResult:
             "empty_predictions": sum(c.empty_predictions for c in self.cells.values()),
             "cells": [score.to_json() for score in self.cells.values()],
             "matrix": {"rows": "question_lang", "columns": "context_lang",
-                       "f1": matrix_json("f1"), "exact_match": matrix_json("exact_match")},
+                       "f1": matrix_json(self.matrix("f1")), "exact_match": matrix_json(self.matrix("exact_match"))},
             "decode": None if self.decode is None else self.decode.to_json(),
         }
 

@@ -36,14 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
 from xdist.data.examples import Cell
 from xdist.evaluation import CellScore, DecodeInfo, EvalResult, ExampleScore, save_heatmap
 from xdist.evaluation.metrics import matrix_json
-from xdist.evaluation.report import check_file_name
+from xdist.evaluation.report import check_file_name, matrix_figure
 
 ZERO_METHOD = "wilcox"
 """scipy's ``zero_method`` for the signed-rank test: tied pairs are dropped (the authors' setting)."""
@@ -543,36 +542,20 @@ def difference_heatmap_figure(comparison: SetComparison, run: str) -> Figure:
     finite = np.abs(delta[np.isfinite(delta)])
     # Symmetric limits put 0 at the colormap's neutral middle; at least ±1 point so that tiny noise is pale.
     limit = max(1.0, float(finite.max()) if finite.size else 0.0)
-    n = len(comparison.languages)
-    size = max(3.5, 0.55 * n + 1.8)
-    figure = Figure(figsize=(size + 0.9, size), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    image = axes.imshow(np.ma.masked_invalid(delta), cmap="RdBu", vmin=-limit, vmax=limit)
-    labels = list(comparison.languages)
-    axes.set_xticks(range(n), labels=labels)
-    axes.set_yticks(range(n), labels=labels)
-    axes.set_xlabel("context language")
-    axes.set_ylabel("question language")
+    languages = comparison.languages
     cell_tests = comparison.tests[run].cells
-    for row in range(n):
-        for column in range(n):
-            value = delta[row, column]
-            if math.isnan(value):
-                continue
-            test = cell_tests.get((labels[row], labels[column]))
-            mark = "*" if test is not None and test.significant else ""
-            axes.text(column, row, f"{value:+.1f}{mark}", ha="center", va="center", fontsize=8,
-                      color="white" if abs(value) > 0.6 * limit else "black")
+
+    def annotate(row: int, column: int, value: float) -> tuple[str, str]:
+        test = cell_tests.get((languages[row], languages[column]))
+        mark = "*" if test is not None and test.significant else ""
+        return f"{value:+.1f}{mark}", "white" if abs(value) > 0.6 * limit else "black"
+
     summary = comparison.summary()[run]
-    axes.set_title(f"{comparison.name}: F1 {run} − {comparison.baseline}\n"
-                   f"G-XLT {summary['g_xlt_f1_difference']:+.2f}, "
-                   f"XLT {_number(summary['xlt_f1_difference'], signed=True)}"
-                   + (f" (* cell p ≤ {cell_tests[next(iter(cell_tests))].alpha:g})" if cell_tests else ""),
-                   fontsize=9)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="ΔF1")
-    figure.tight_layout()
-    return figure
+    title = (f"{comparison.name}: F1 {run} − {comparison.baseline}\n"
+             f"G-XLT {summary['g_xlt_f1_difference']:+.2f}, "
+             f"XLT {_number(summary['xlt_f1_difference'], signed=True)}"
+             + (f" (* cell p ≤ {cell_tests[next(iter(cell_tests))].alpha:g})" if cell_tests else ""))
+    return matrix_figure(delta, languages, title, cmap="RdBu", limits=(-limit, limit), label="ΔF1", annotate=annotate)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,34 +59,58 @@ def _write_json(path: Path, data: object) -> None:
     os.replace(temporary, path)
 
 
-def heatmap_figure(result: EvalResult, metric: str = "f1") -> Figure:
-    """The G-XLT matrix of ``result`` as an annotated heatmap (rows: question, columns: context language)."""
-    values = result.matrix(metric)
-    n = len(result.languages)
-    label = "F1" if metric == "f1" else "EM"
+def matrix_figure(
+    values: np.ndarray,
+    languages: Sequence[str],
+    title: str,
+    *,
+    cmap: str,
+    limits: tuple[float, float],
+    label: str,
+    annotate: Callable[[int, int, float], tuple[str, str]],
+) -> Figure:
+    """A language x language matrix as a heatmap (rows: question, columns: context language; NaN: blank).
+
+    ``annotate(row, column, value)`` gives each present cell's text and its colour; ``label`` names the
+    colour bar. The per-run heatmaps here and the difference heatmaps of :mod:`xdist.compare` are drawn by it.
+    """
+    n = len(languages)
     size = max(3.5, 0.55 * n + 1.8)
     figure = Figure(figsize=(size + 0.9, size), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    image = axes.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.0, vmax=100.0)
-    axes.set_xticks(range(n), labels=list(result.languages))
-    axes.set_yticks(range(n), labels=list(result.languages))
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=limits[0], vmax=limits[1])
+    axes.set_xticks(range(n), labels=list(languages))
+    axes.set_yticks(range(n), labels=list(languages))
     axes.set_xlabel("context language")
     axes.set_ylabel("question language")
     for row in range(n):
         for column in range(n):
             value = values[row, column]
             if not math.isnan(value):
-                # Dark text on the bright (high) end of viridis, light text on the dark end.
-                axes.text(column, row, f"{value:.1f}", ha="center", va="center", fontsize=8,
-                          color="black" if value > 60 else "white")
-    xlt = result.xlt
-    g_xlt = getattr(result.g_xlt, metric)
-    xlt_text = "n/a" if xlt is None else f"{getattr(xlt, metric):.1f}"
-    axes.set_title(f"{result.name}: G-XLT {label} {g_xlt:.1f}, XLT {label} {xlt_text}", fontsize=9)
+                text, color = annotate(row, column, value)
+                axes.text(column, row, text, ha="center", va="center", fontsize=8, color=color)
+    axes.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label=label)
     figure.tight_layout()
     return figure
+
+
+def heatmap_figure(result: EvalResult, metric: str = "f1") -> Figure:
+    """The G-XLT matrix of ``result`` as an annotated heatmap (rows: question, columns: context language)."""
+    label = "F1" if metric == "f1" else "EM"
+    xlt = result.xlt
+    g_xlt = getattr(result.g_xlt, metric)
+    xlt_text = "n/a" if xlt is None else f"{getattr(xlt, metric):.1f}"
+
+    def annotate(row: int, column: int, value: float) -> tuple[str, str]:
+        # Dark text on the bright (high) end of viridis, light text on the dark end.
+        return f"{value:.1f}", "black" if value > 60 else "white"
+
+    return matrix_figure(
+        result.matrix(metric), result.languages, f"{result.name}: G-XLT {label} {g_xlt:.1f}, XLT {label} {xlt_text}",
+        cmap="viridis", limits=(0.0, 100.0), label=label, annotate=annotate,
+    )
 
 
 def heatmap_image(result: EvalResult, metric: str = "f1") -> np.ndarray:

@@ -744,6 +744,32 @@ def _score(cnt, pos, rel, tv, topk, COEF_MODE: tl.constexpr, NT: tl.constexpr):
 
 
 @triton.jit
+def _publish_heads(
+    out_ptr,  # [B, 2] fp32 per-head values, written through an int32 view
+    rows,  # [R] int64 example indices
+    row_ok,  # [R] bool, rows < B
+    v0,  # [R] fp32 start-head values
+    v1,  # [R] fp32 end-head values
+):
+    """Release stores (int32 bit patterns: the interpreter has no fp32 xchg) make the row values
+    visible GPU-wide before this program takes its ticket."""
+    tl.atomic_xchg(out_ptr + rows * 2, v0.to(tl.int32, bitcast=True), mask=row_ok, sem="release")
+    tl.atomic_xchg(out_ptr + rows * 2 + 1, v1.to(tl.int32, bitcast=True), mask=row_ok, sem="release")
+
+
+@triton.jit
+def _collect_heads(
+    in_ptr,  # [B, 2] per-head values written by _publish_heads (int32 view)
+    ex,  # [BLOCK_R] example indices
+    ok,  # [BLOCK_R] bool, ex < B
+):
+    """(start, end) fp32 values of the examples ``ex`` (0 where not ok); .cg skips the (stale-able) L1."""
+    v0 = tl.load(in_ptr + ex * 2, mask=ok, other=0, cache_modifier=".cg").to(tl.float32, bitcast=True)
+    v1 = tl.load(in_ptr + ex * 2 + 1, mask=ok, other=0, cache_modifier=".cg").to(tl.float32, bitcast=True)
+    return v0, v1
+
+
+@triton.jit
 def _span_kd_fwd_kernel(
     s0_ptr,  # [B, L] student start logits (fp32/fp16/bf16), strides (stride_sb, stride_sl)
     s1_ptr,  # [B, L] student end logits, same strides
@@ -886,21 +912,15 @@ def _span_kd_fwd_kernel(
                    HAS_LENGTHS, HAS_MASK, HAS_CE, NEED_FWD, NEED_REV, SPLIT, ROWS, BLOCK_L)
 
     # ---- per-row outputs, then the last program reduces them into the loss -----------------------
-    # Release stores (through int32 views: the interpreter has no fp32 xchg) make each row value
-    # visible GPU-wide before this program takes its ticket.
-    tl.atomic_xchg(kl_ptr + rows * 2, kl0.to(tl.int32, bitcast=True), mask=row_ok, sem="release")
-    tl.atomic_xchg(kl_ptr + rows * 2 + 1, kl1.to(tl.int32, bitcast=True), mask=row_ok, sem="release")
+    _publish_heads(kl_ptr, rows, row_ok, kl0, kl1)
     if HAS_CE:
-        tl.atomic_xchg(ce_ptr + rows * 2, ce0.to(tl.int32, bitcast=True), mask=row_ok, sem="release")
-        tl.atomic_xchg(ce_ptr + rows * 2 + 1, ce1.to(tl.int32, bitcast=True), mask=row_ok, sem="release")
+        _publish_heads(ce_ptr, rows, row_ok, ce0, ce1)
     if RANKED:
-        tl.atomic_xchg(score_ptr + rows * 2, score0.to(tl.int32, bitcast=True), mask=row_ok, sem="release")
-        tl.atomic_xchg(score_ptr + rows * 2 + 1, score1.to(tl.int32, bitcast=True), mask=row_ok,
-                       sem="release")
+        _publish_heads(score_ptr, rows, row_ok, score0, score1)
     tl.debug_barrier()
     ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
     if ticket == tl.num_programs(0) - 1:
-        # Deterministic (fixed-order) reduction over all rows; .cg skips the (stale-able) L1.
+        # Deterministic (fixed-order) reduction over all rows.
         acc_ce = tl.zeros([BLOCK_R], tl.float32)
         acc_kl = tl.zeros([BLOCK_R], tl.float32)
         acc_sc = tl.zeros([BLOCK_R], tl.float32)
@@ -908,21 +928,13 @@ def _span_kd_fwd_kernel(
         for start in range(0, B, BLOCK_R):
             ex = start + tl.arange(0, BLOCK_R)
             ok = ex < B
-            k_a = tl.load(kl_ptr + ex * 2, mask=ok, other=0, cache_modifier=".cg").to(tl.float32, bitcast=True)
-            k_b = tl.load(kl_ptr + ex * 2 + 1, mask=ok, other=0, cache_modifier=".cg").to(tl.float32,
-                                                                                          bitcast=True)
+            k_a, k_b = _collect_heads(kl_ptr, ex, ok)
             acc_kl += k_a + k_b
             if HAS_CE:
-                c_a = tl.load(ce_ptr + ex * 2, mask=ok, other=0, cache_modifier=".cg").to(tl.float32,
-                                                                                          bitcast=True)
-                c_b = tl.load(ce_ptr + ex * 2 + 1, mask=ok, other=0, cache_modifier=".cg").to(tl.float32,
-                                                                                              bitcast=True)
+                c_a, c_b = _collect_heads(ce_ptr, ex, ok)
                 acc_ce += c_a + c_b
             if RANKED:
-                r_a = tl.load(score_ptr + ex * 2, mask=ok, other=0, cache_modifier=".cg").to(tl.float32,
-                                                                                             bitcast=True)
-                r_b = tl.load(score_ptr + ex * 2 + 1, mask=ok, other=0, cache_modifier=".cg").to(
-                    tl.float32, bitcast=True)
+                r_a, r_b = _collect_heads(score_ptr, ex, ok)
                 acc_sc += r_a + r_b
                 acc_wkl += 0.5 * (r_a + r_b) * (k_a + k_b)
         inv_n = 0.5 / B  # 1/N, N = 2B rows (B may be specialised to the constant 1)

@@ -272,6 +272,8 @@ def load_report(path: str | os.PathLike, name: str | None = None) -> Report:
     for set_name, summary in sets_json.items():
         if not isinstance(summary, dict):
             raise ValueError(f"{metrics_path}: field 'sets.{set_name}' is not an object")
+        # Set names become paths here (example_scores/<set>.json) and in write_comparison (heatmaps/<set>/).
+        check_file_name(f"{metrics_path}: evaluation set name", set_name)
         sets[set_name] = _load_set(report_dir, set_name, summary, metrics_path)
     return Report(name=name or given.resolve().name, path=report_dir, sets=sets)
 

@@ -257,6 +257,13 @@ def test_load_errors_name_the_file(tmp_path, rng):
     scores_path.write_text(json.dumps(scores))
     with pytest.raises(ValueError, match=r"uid 'bogus' does not end in"):
         load_report(tmp_path / "r")
+    # A set name that would lead out of the report directory is refused before it becomes a path.
+    metrics_path = tmp_path / "r" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["sets"] = {"../xq": metrics["sets"]["xq"]}
+    metrics_path.write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match=r"metrics.json: evaluation set name '\.\./xq' cannot be used in a file name"):
+        load_report(tmp_path / "r")
 
 
 def test_cli_compare_end_to_end(tmp_path, rng, capsys):

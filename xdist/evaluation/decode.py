@@ -94,7 +94,7 @@ def _top_indices(logits: np.ndarray, k: int) -> np.ndarray:
 
 
 def _check_inputs(examples: Sequence[QAExample], features: Sequence[QAFeature], start_logits: np.ndarray,
-                  end_logits: np.ndarray, n_best: int, max_answer_length: int) -> dict[str, int]:
+                  end_logits: np.ndarray, n_best: int, max_answer_length: int) -> None:
     if n_best <= 0 or max_answer_length <= 0:
         raise ValueError(f"n_best ({n_best}) and max_answer_length ({max_answer_length}) must be positive")
     if start_logits.ndim != 2 or start_logits.shape != end_logits.shape:
@@ -123,7 +123,6 @@ def _check_inputs(examples: Sequence[QAExample], features: Sequence[QAFeature], 
                 f"feature {i} of example {feature.example_uid!r}: context tokens beyond the {seq_len} logit "
                 f"positions (offsets has {len(feature.offsets)} entries); the logits must cover the context"
             )
-    return example_index
 
 
 def _feature_candidates(feature: QAFeature, starts: np.ndarray, ends: np.ndarray, start_row: np.ndarray,

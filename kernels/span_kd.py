@@ -299,8 +299,11 @@ def _first_bad(bad: Tensor, limit: int = 5) -> list[int]:
     return torch.nonzero(bad.reshape(-1)).reshape(-1)[:limit].tolist()
 
 
-def _validate_values(inp: _Inputs, opts: SpanKDOptions) -> None:
-    """Data-dependent checks (needs the values on the host: a sync on CUDA)."""
+def _validate_values(inp: _Inputs, opts: SpanKDOptions, validate: bool | None) -> None:
+    """Data-dependent checks (needs the values on the host: a sync on CUDA). ``validate=None``: only
+    for CPU tensors."""
+    if not (validate if validate is not None else not inp.s0.is_cuda):
+        return
     if inp.lengths is not None:
         bad = (inp.lengths < 1) | (inp.lengths > inp.L)
         if bool(bad.any()):
@@ -394,8 +397,12 @@ def span_kd_reference(
     :func:`span_kd_loss`. Computes in fp64 for fp64 inputs and in fp32 otherwise."""
     opts = options if options is not None else SpanKDOptions(**option_kwargs)
     inp = _normalise(student, teacher, gold, lengths, mask, opts)
-    if validate if validate is not None else not inp.s0.is_cuda:
-        _validate_values(inp, opts)
+    _validate_values(inp, opts, validate)
+    return _reference(inp, opts)
+
+
+def _reference(inp: _Inputs, opts: SpanKDOptions) -> SpanKDOutput:
+    """:func:`span_kd_reference` on normalised (and, if asked, validated) inputs."""
     cdt = torch.float64 if inp.s0.dtype == torch.float64 else torch.float32
     s = torch.stack((inp.s0, inp.s1), dim=1).to(cdt)  # [B, 2, L]
     t_raw = torch.stack((inp.t0, inp.t1), dim=1).detach()
@@ -1234,11 +1241,10 @@ def _use_triton(inp: _Inputs, backend: Backend) -> bool:
 def _span_kd(student, teacher, gold, lengths, mask, opts: SpanKDOptions, backend: Backend,
              validate: bool | None, rows_per_program: int | None) -> SpanKDOutput:
     inp = _normalise(student, teacher, gold, lengths, mask, opts)
-    if not _use_triton(inp, backend):
-        return span_kd_reference(student, teacher, gold, lengths=lengths, mask=mask, options=opts,
-                                 validate=validate)
-    if validate if validate is not None else not inp.s0.is_cuda:
-        _validate_values(inp, opts)
+    use_triton = _use_triton(inp, backend)
+    _validate_values(inp, opts, validate)
+    if not use_triton:
+        return _reference(inp, opts)
     if inp.student_3d is not None:
         student_a, student_b = inp.student_3d, None
     else:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
-import string
 from collections import defaultdict
 
 import pytest
@@ -14,15 +12,9 @@ from xdist.config import DataConfig, FeatureConfig, SourceConfig
 from xdist.data.examples import Answer, QAExample
 from xdist.data.features import FeatureStats, featurize, iter_features, load_tokenizer
 from xdist.data.readers import DataError, read_source
+from xdist.evaluation.normalize import normalize_squad
 
 XQUAD_LANGUAGES = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
-
-
-def squad_normalize(text: str) -> str:
-    """SQuAD v1.1 answer normalisation: lower, drop ASCII punctuation and English articles, squash spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
 
 
 def example(context: str, answer: str, question: str = "What is it?", *, at: int | None = None, uid: str = "q1"):
@@ -106,7 +98,7 @@ def test_xquad_answers_map_back_to_their_text_in_every_language(xquad_featurized
         start, end = feature.offsets[feature.start_position], feature.offsets[feature.end_position]
         assert start is not None and end is not None and feature.start_position <= feature.end_position
         span = ex.context[start[0] : end[1]]
-        matches[ex.context_lang] += squad_normalize(span) == squad_normalize(answer.text)
+        matches[ex.context_lang] += normalize_squad(span) == normalize_squad(answer.text)
         not_aligned += (start[0], end[1]) != (answer.start, answer.start + len(answer.text))
         # Every window holding the answer gives the same character span.
         assert {(f.offsets[f.start_position][0], f.offsets[f.end_position][1]) for f in containing} == {
@@ -268,7 +260,7 @@ def test_cross_lingual_features_take_question_and_context_from_different_languag
         assert question_tokens(feature, mbert_tokenizer) == full_question[:64]
         if feature.start_position:
             span = ex.context[feature.offsets[feature.start_position][0] : feature.offsets[feature.end_position][1]]
-            assert squad_normalize(span) == squad_normalize(ex.answers[0].text)
+            assert normalize_squad(span) == normalize_squad(ex.answers[0].text)
     assert seen_cells == {("en", "de"), ("zh", "th")}
 
 

@@ -1146,16 +1146,26 @@ def _span_kd_forward(inp: _Inputs, opts: SpanKDOptions, compute_grad: bool, rows
     return (loss, ce_rows if opts.has_ce else None, kl_rows, score_rows if opts.ranked else None, coef, bufs)
 
 
-def _span_kd_backward(grad_output: Tensor, bufs: _GradBuffers, coef: Tensor, inp_meta: "_GradMeta") -> _GradBuffers:
+@dataclass(frozen=True)
+class _GradMeta:
+    """What the backward needs to allocate dS like the student (kept instead of the student itself)."""
+
+    B: int
+    L: int
+    dtype: torch.dtype
+    layout: tuple[tuple[int, ...], tuple[int, ...]] | None  # (size, stride) of a [B, 2, L] student grad
+
+
+def _span_kd_backward(grad_output: Tensor, bufs: _GradBuffers, coef: Tensor, meta: _GradMeta) -> _GradBuffers:
     """One launch: fresh dS = grad_output · dS (fused) or grad_output · (dS_ce + coef · dS_kl) (SPLIT)."""
-    B, L = inp_meta.B, inp_meta.L
+    B, L = meta.B, meta.L
     split = bufs.k0 is not None
-    if inp_meta.layout is not None:
-        full = torch.empty_strided(*inp_meta.layout, dtype=inp_meta.dtype, device=coef.device)
+    if meta.layout is not None:
+        full = torch.empty_strided(*meta.layout, dtype=meta.dtype, device=coef.device)
         o0, o1 = full[:, 0], full[:, 1]
     else:
         full = None
-        o0 = torch.empty(B, L, dtype=inp_meta.dtype, device=coef.device)
+        o0 = torch.empty(B, L, dtype=meta.dtype, device=coef.device)
         o1 = torch.empty_like(o0)
     has_a = bufs.g0 is not None
     a0 = bufs.g0 if has_a else bufs.k0
@@ -1169,14 +1179,6 @@ def _span_kd_backward(grad_output: Tensor, bufs: _GradBuffers, coef: Tensor, inp
         HAS_A=has_a, SPLIT=split, BLOCK=block, num_warps=4,
     )
     return _GradBuffers(full=full, g0=o0, g1=o1)
-
-
-@dataclass(frozen=True)
-class _GradMeta:
-    B: int
-    L: int
-    dtype: torch.dtype
-    layout: tuple[tuple[int, ...], tuple[int, ...]] | None  # (size, stride) of a [B, 2, L] student grad
 
 
 class SpanKDFunction(torch.autograd.Function):

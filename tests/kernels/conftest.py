@@ -24,12 +24,18 @@ if not torch.cuda.is_available():
 
 
 @pytest.fixture
-def rng(request) -> torch.Generator:
-    """A CPU generator with a fresh seed per test; the seed is printed (shown by pytest when the
-    test fails) and can be replayed with XDIST_TEST_SEED=<seed>."""
+def seed(request) -> int:
+    """A fresh seed per test; it is printed (shown by pytest when the test fails), put into the
+    failure report, and can be replayed with XDIST_TEST_SEED=<seed>."""
     seed = int(os.environ.get("XDIST_TEST_SEED", secrets.randbits(31)))
     print(f"[seed] {request.node.nodeid}: replay with XDIST_TEST_SEED={seed}")
     request.node.user_properties.append(("seed", seed))
+    return seed
+
+
+@pytest.fixture
+def rng(seed: int) -> torch.Generator:
+    """A CPU generator seeded with this test's ``seed``."""
     return torch.Generator().manual_seed(seed)
 
 

@@ -44,12 +44,6 @@ DIRECTIONS = [("forward", 0.5), ("reverse", 0.5), ("jsd", 0.5), ("jsd", 0.3)]
 LAUNCH = ("block_v", "num_warps")  # kernel-only options
 
 
-@pytest.fixture
-def seed() -> int:
-    env = os.environ.get("XDIST_TEST_SEED")
-    return int(env) if env else int.from_bytes(os.urandom(4), "little")
-
-
 def _randn(gen: torch.Generator, *shape: int, scale: float = 3.0, dtype=torch.float32) -> torch.Tensor:
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(DEVICE, dtype)
 

@@ -39,7 +39,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from xdist.data.examples import Cell
+from xdist.data.examples import Cell, cell_name
 from xdist.evaluation import CellScore, DecodeInfo, EvalResult, ExampleScore, save_heatmap
 from xdist.evaluation.metrics import matrix_json
 from xdist.evaluation.report import check_file_name, matrix_figure
@@ -200,7 +200,7 @@ def _load_set(report_dir: Path, set_name: str, summary: dict, metrics_path: Path
     # looking the whole "<q>-<c>" tail up among the cells metrics.json lists, never by splitting it.
     tails: dict[str, Cell] = {}
     for q, c in cells:
-        tail = f"{q}-{c}"
+        tail = cell_name(q, c)
         if tail in tails:
             raise ValueError(f"{metrics_path}: cells {tails[tail]} and {(q, c)} of set {set_name!r} give the same "
                              f"uid suffix {tail!r}; example uids cannot be assigned to cells")
@@ -215,7 +215,7 @@ def _load_set(report_dir: Path, set_name: str, summary: dict, metrics_path: Path
         raise ValueError(f"{scores_path}: expected an object {{uid: {{exact_match, f1}}}}")
     predictions: dict[Cell, dict[str, str]] = {}
     for cell in cells:
-        prediction_path = report_dir / "predictions" / set_name / f"{cell[0]}-{cell[1]}.json"
+        prediction_path = report_dir / "predictions" / set_name / f"{cell_name(*cell)}.json"
         # Unanswered examples are absent from a prediction file; a missing file leaves every prediction None.
         loaded = _read_json(prediction_path) if prediction_path.is_file() else {}
         if not isinstance(loaded, dict):
@@ -298,7 +298,7 @@ class RunTests:
 
     def to_json(self) -> dict:
         return {"g_xlt": self.g_xlt.to_json(), "xlt": None if self.xlt is None else self.xlt.to_json(),
-                "cells": {f"{q}-{c}": test.to_json() for (q, c), test in self.cells.items()}}
+                "cells": {cell_name(*cell): test.to_json() for cell, test in self.cells.items()}}
 
 
 @dataclass

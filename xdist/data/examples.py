@@ -13,6 +13,12 @@ Cell = tuple[str, str]
 """A cell of the G-XLT matrix: (question language, context language)."""
 
 
+def cell_name(question_lang: str, context_lang: str) -> str:
+    """The ``"q-c"`` name of a cell: the tail of :attr:`QAExample.uid`, the key of manifests and batches, the
+    name of a report's prediction file (:mod:`xdist.compare` reads uids and files back by it)."""
+    return f"{question_lang}-{context_lang}"
+
+
 @dataclass(frozen=True)
 class Answer:
     """A gold answer: its text and character offset in the context."""
@@ -48,7 +54,7 @@ class QAExample:
     @property
     def uid(self) -> str:
         """Unique key across cells: ``<id>/<question_lang>-<context_lang>``."""
-        return f"{self.id}/{self.question_lang}-{self.context_lang}"
+        return f"{self.id}/{cell_name(self.question_lang, self.context_lang)}"
 
 
 @dataclass

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from xdist.config import SamplingConfig
-from xdist.data.examples import Cell
+from xdist.data.examples import Cell, cell_name
 
 # --------------------------------------------------------------------------------------------------
 # The draw
@@ -130,7 +130,7 @@ class SamplingReport:
         self.examples += len(cells)
         self.pairs_per_question[len(cells)] = self.pairs_per_question.get(len(cells), 0) + 1
         for q, c in cells:
-            name = f"{q}-{c}"
+            name = cell_name(q, c)
             self.cells[name] = self.cells.get(name, 0) + 1
         for lang in chosen:
             self.languages[lang] = self.languages.get(lang, 0) + 1

@@ -42,7 +42,7 @@ import numpy as np
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from xdist.data.examples import QAFeature
+from xdist.data.examples import QAFeature, cell_name
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +153,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
-
-
-def cell_name(question_lang: str, context_lang: str) -> str:
-    """The ``"q-c"`` name of a language pair, as used in manifests and batches."""
-    return f"{question_lang}-{context_lang}"
 
 
 def source_name(source: str) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xdist.data.examples import Cell, QAExample, QAFeature
+from xdist.data.examples import Cell, QAExample, QAFeature, cell_name
 from xdist.evaluation.decode import decode_predictions
 from xdist.evaluation.normalize import Normalizer, Scheme, normalizer_for
 
@@ -227,8 +227,9 @@ class EvalResult:
             tags[f"{prefix}/{self.name}/xlt_f1"] = self.xlt.f1
             tags[f"{prefix}/{self.name}/xlt_em"] = self.xlt.exact_match
         for (question_lang, context_lang), score in self.cells.items():
-            tags[f"{prefix}/{self.name}/f1/{question_lang}-{context_lang}"] = score.f1
-            tags[f"{prefix}/{self.name}/em/{question_lang}-{context_lang}"] = score.exact_match
+            name = cell_name(question_lang, context_lang)
+            tags[f"{prefix}/{self.name}/f1/{name}"] = score.f1
+            tags[f"{prefix}/{self.name}/em/{name}"] = score.exact_match
         return tags
 
     def to_json(self) -> dict:

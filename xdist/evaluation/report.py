@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from xdist.data.examples import cell_name
 from xdist.evaluation.metrics import EvalResult, EvalSummary
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -163,7 +164,7 @@ def write_report(
     for set_name, result in summary.sets.items():
         files.predictions[set_name] = {}
         for (question_lang, context_lang), answers in result.predictions_by_cell().items():
-            cell = f"{question_lang}-{context_lang}"
+            cell = cell_name(question_lang, context_lang)
             path = output_dir / "predictions" / set_name / f"{cell}.json"
             _write_json(path, answers)
             files.predictions[set_name][cell] = path

@@ -360,26 +360,18 @@ def frozen_copy(model_or_engine: Any, device: torch.device | str | None = None) 
 
 
 @torch.no_grad()
-def copy_weights_into(model_or_engine: Any, teacher: nn.Module) -> None:
+def copy_weights_into(model_or_engine: Any, teacher: Any) -> None:
     """Overwrite ``teacher``'s parameters and buffers with the student's current values, in place.
 
-    Gathers ZeRO-3 partitions one submodule at a time (collective: all ranks call it). The teacher must
-    have the same architecture (names and shapes); values are cast to the teacher's dtype.
+    Gathers ZeRO-3 partitions one submodule at a time (collective: all ranks call it); a partitioned
+    teacher is gathered alike and re-partitioned with the new values (the fallback of
+    :func:`copy_partitions_into`). The teacher must have the same architecture (names and shapes, else
+    ``ValueError``); values are cast to the teacher's dtype.
     """
-    module = unwrap(model_or_engine)
-    targets = dict(teacher.named_parameters())
-    if set(targets) != {name for name, _ in module.named_parameters()}:
-        raise ValueError("copy_weights_into: teacher and student have different parameter names")
-    for name, value in iter_full_parameters(module):
-        target = targets[name]
-        if target.numel() != value.numel():
-            raise ValueError(f"copy_weights_into: {name} has {target.numel()} values, student has {value.numel()}")
-        target.copy_(value.reshape(target.shape))
-    teacher_buffers = dict(teacher.named_buffers())
-    for name, buffer in module.named_buffers():
-        # Buffers are never partitioned; non-persistent ones (position ids) are needed after to_empty.
-        if name in teacher_buffers:
-            teacher_buffers[name].copy_(buffer)
+    student, target = unwrap(model_or_engine), unwrap(teacher)
+    _parameter_pairs(student, target)
+    _copy_gathered(student, target)
+    _copy_buffers(student, target)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,8 +517,6 @@ def _parameter_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[str, 
 
 def _copy_gathered(student: nn.Module, teacher: nn.Module) -> None:
     """Copy full values submodule by submodule; partitioned teacher parameters are re-partitioned on exit."""
-    import deepspeed
-
     teacher_modules = dict(teacher.named_modules())
     for prefix, submodule in student.named_modules():
         own = list(submodule.named_parameters(recurse=False))
@@ -534,16 +524,20 @@ def _copy_gathered(student: nn.Module, teacher: nn.Module) -> None:
             continue
         targets = dict(teacher_modules[prefix].named_parameters(recurse=False))
         partitioned = [targets[name] for name, _ in own if _is_partitioned(targets[name])]
-        # modifier_rank=0: on exit DeepSpeed broadcasts rank 0's values and re-partitions them (every rank
-        # wrote the same values anyway); with None it would discard the writes.
-        modified = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0) if partitioned \
-            else contextlib.nullcontext()
+        modified = contextlib.nullcontext()
+        if partitioned:
+            import deepspeed
+
+            # modifier_rank=0: on exit DeepSpeed broadcasts rank 0's values and re-partitions them (every
+            # rank wrote the same values anyway); with None it would discard the writes.
+            modified = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
         with _gathered([p for _, p in own]), modified:
             for name, source in own:
                 targets[name].data.copy_(source.data.reshape(targets[name].shape))
 
 
 def _copy_buffers(student: nn.Module, teacher: nn.Module) -> None:
+    # Buffers are never partitioned; non-persistent ones (position ids) are needed after to_empty.
     teacher_buffers = dict(teacher.named_buffers())
     for name, buffer in student.named_buffers():
         if name in teacher_buffers:

@@ -418,12 +418,6 @@ class Engine:
             self._grad_norm = None
         return boundary
 
-    def is_gradient_accumulation_boundary(self) -> bool:
-        """DeepSpeed's query: will the *next* ``step()`` update the weights (is the current micro-batch the
-        last of its window)? Ask it before ``step()``; afterwards it already describes the following
-        micro-batch. To learn whether a ``step()`` updated the weights, use its return value."""
-        return bool(self._engine.is_gradient_accumulation_boundary())
-
     @property
     def global_steps(self) -> int:
         """Optimizer steps taken so far (restored by :meth:`load_checkpoint`)."""
@@ -454,15 +448,6 @@ class Engine:
     def zero_stage(self) -> int:
         """The ZeRO stage (0-3)."""
         return int(self._engine.zero_optimization_stage())
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the forward computation (the module's weights): bfloat16, float16 or float32."""
-        if self._engine.bfloat16_enabled():
-            return torch.bfloat16
-        if self._engine.fp16_enabled():
-            return torch.float16
-        return torch.float32
 
     def train(self) -> Engine:
         """Training mode (dropout on)."""

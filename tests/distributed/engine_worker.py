@@ -162,7 +162,6 @@ def check_training(dist: DistEnv, rec: Recorder, label: str, ds_path: str, preci
     after = eval_loss(engine, data)
     result = {
         "zero_stage": engine.zero_stage,
-        "dtype": str(engine.dtype),
         "module_dtype": str(next(engine.module.parameters()).dtype),
         "partitioned_params": partitioned,
         "n_params": sum(1 for _ in engine.module.parameters()),

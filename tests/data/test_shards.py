@@ -264,11 +264,14 @@ def _tokenizer_dir(path: Path, vocab: list[str]) -> Path:
     return path
 
 
-def test_tokenizer_fingerprint_mismatch(tmp_path):
+def test_tokenizer_fingerprint_mismatch(tmp_path, monkeypatch):
     tok_a = _tokenizer_dir(tmp_path / "tok_a", ["[PAD]", "a"])
     tok_b = _tokenizer_dir(tmp_path / "tok_b", ["[PAD]", "b"])
     fingerprint = tokenizer_fingerprint(tok_a)
     assert fingerprint != tokenizer_fingerprint(tok_b)
+    # The path is resolved as load_tokenizer resolves it (a code-built config keeps ${VAR} unexpanded).
+    monkeypatch.setenv("TOKENIZERS_HERE", str(tmp_path))
+    assert tokenizer_fingerprint("${TOKENIZERS_HERE}/tok_a") == fingerprint
     (tok_a / "vocab.txt").write_text("unrelated\n")  # not one of the fingerprinted files
     assert tokenizer_fingerprint(tok_a) == fingerprint
     (tok_a / "special_tokens_map.json").write_text("{}")

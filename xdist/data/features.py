@@ -40,14 +40,22 @@ DEFAULT_BATCH_SIZE = 256
 that one batch of features stays a few MB."""
 
 
+def tokenizer_directory(path: str | Path) -> Path:
+    """The local directory ``path`` names, with ``${VAR}`` references and ``~`` expanded.
+
+    A FeatureConfig built in code keeps its ``${XDIST_DATA:-...}`` default unexpanded (YAML-loaded ones are
+    expanded), so whatever reads the tokenizer's files (loading, fingerprinting) resolves the path here.
+    """
+    return Path(expand_env(str(path), "features.tokenizer")).expanduser()
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a Hugging Face *fast* tokenizer from a local directory, never from the Hub.
 
     Raises :class:`DataError` when the directory does not exist, cannot be loaded, holds a slow (Python)
     tokenizer (character offsets need a fast one, i.e. a ``tokenizer.json``), or has no padding token.
     """
-    # A FeatureConfig built in code keeps its ${XDIST_DATA:-...} default unexpanded; YAML-loaded ones are expanded.
-    directory = Path(expand_env(str(path), "features.tokenizer")).expanduser()
+    directory = tokenizer_directory(path)
     expected = "a local directory with a Hugging Face fast tokenizer (tokenizer.json, tokenizer_config.json)"
     if not directory.is_dir():
         raise DataError(f"tokenizer directory {directory} does not exist; expected {expected}")

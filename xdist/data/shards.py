@@ -43,6 +43,7 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from xdist.data.examples import QAFeature, cell_name
+from xdist.data.features import tokenizer_directory
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +366,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def tokenizer_fingerprint(path: str | os.PathLike) -> str:
     """sha256 over the files of a tokenizer directory that define its behaviour (names and contents)."""
-    path = Path(path)
+    path = tokenizer_directory(path)
     if not path.is_dir():
         raise ShardError(f"tokenizer directory {str(path)!r} does not exist")
     present = [name for name in TOKENIZER_FILES if (path / name).is_file()]

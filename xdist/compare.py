@@ -455,9 +455,8 @@ def _set_markdown(set_name: str, comparison: SetComparison, per_cell: bool) -> l
     return lines
 
 
-def _example_f1(result: EvalResult, cells: Sequence[Cell] | None = None) -> dict[str, float]:
-    if cells is None:
-        return result.example_f1()
+def _example_f1(result: EvalResult, cells: Sequence[Cell]) -> dict[str, float]:
+    """uid -> example F1 of ``result``'s examples in ``cells`` (the whole set is ``result.example_f1()``)."""
     wanted = set(cells)
     return {uid: s.f1 for uid, s in result.examples.items() if (s.question_lang, s.context_lang) in wanted}
 

@@ -79,7 +79,7 @@ def xquad_featurized(data_dir, mbert_tokenizer):
     return examples.examples, featurize(examples.examples, mbert_tokenizer, FeatureConfig())
 
 
-def test_xquad_answers_map_back_to_their_text_in_every_language(xquad_featurized, mbert_tokenizer):
+def test_xquad_answers_map_back_to_their_text_in_every_language(xquad_featurized):
     examples, result = xquad_featurized
     features_of = defaultdict(list)
     for feature in result.features:

@@ -197,7 +197,7 @@ def test_runs_on_different_examples_are_refused(tmp_path, rng):
         wilcoxon_paired({"u1": 1.0, "u2": 0.0}, {"u1": 1.0})
 
 
-def test_difference_heatmap_is_a_diverging_png(tmp_path, rng):
+def test_difference_heatmap_is_a_diverging_png(tmp_path):
     examples = make_examples(4)
     # The baseline is wrong ("alpha" vs "alphaK betaK": F1 0) except in cell en-el; the other run is right on
     # the diagonal and unanswered elsewhere: +100 on the diagonal, -100 in en-el, 0 in the other cells.

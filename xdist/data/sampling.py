@@ -213,7 +213,8 @@ def load_epoch_index(root: str | os.PathLike) -> EpochIndex | None:
 
     Raises :class:`xdist.data.shards.ShardError` naming the file and the field when it is malformed.
     """
-    from xdist.data.shards import ShardError, read_json  # webdataset (and torch) load only when shards are used
+    # Imported here: webdataset (and torch) load only when shards are used.
+    from xdist.data.shards import ShardError, json_field, read_json
 
     path = Path(root) / EPOCH_INDEX_NAME
     if not path.is_file():
@@ -228,10 +229,7 @@ def load_epoch_index(root: str | os.PathLike) -> EpochIndex | None:
         )
     expected = {"sets": list, "config_fingerprint": str, "tokenizer_fingerprint": str, "config": dict,
                 "samples": list, "sampling": list}
-    for name, kind in expected.items():
-        if not isinstance(data.get(name), kind):
-            raise ShardError(f"{path}: field '{name}' should be {kind.__name__}, got {data.get(name)!r}")
-    index = EpochIndex(**{name: data[name] for name in expected})
+    index = EpochIndex(**{name: json_field(str(path), data, name, kind) for name, kind in expected.items()})
     if not index.sets:
         raise ShardError(f"{path}: lists no shard sets")
     if index.sets != [epoch_set_name(e) for e in range(len(index.sets))]:

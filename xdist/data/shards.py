@@ -409,7 +409,8 @@ _MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
 _SHARD_FIELDS: dict[str, type] = {"name": str, "samples": int, "bytes": int, "sha256": str, "pairs": dict}
 
 
-def _field(where: str, data: dict, name: str, expected: type | tuple[type, ...]) -> Any:
+def json_field(where: str, data: dict, name: str, expected: type | tuple[type, ...]) -> Any:
+    """``data[name]``, which must be present and a(n) ``expected`` (never a bool for int); else a ShardError."""
     if name not in data:
         raise ShardError(f"{where}: missing field '{name}'")
     value = data[name]
@@ -456,13 +457,13 @@ def load_manifest(
             f"{path}: shard format version {version!r}, this xdist reads version {FORMAT_VERSION}; "
             "re-run `xdist prepare` to rewrite the shards"
         )
-    values = {name: _field(str(path), data, name, kind) for name, kind in _MANIFEST_FIELDS.items()}
+    values = {name: json_field(str(path), data, name, kind) for name, kind in _MANIFEST_FIELDS.items()}
     shards = []
     for i, raw in enumerate(values["shards"]):
         where = f"{path}: shards[{i}]"
         if not isinstance(raw, dict):
             raise ShardError(f"{where}: expected an object, got {raw!r}")
-        shard = ShardInfo(**{name: _field(where, raw, name, kind) for name, kind in _SHARD_FIELDS.items()})
+        shard = ShardInfo(**{name: json_field(where, raw, name, kind) for name, kind in _SHARD_FIELDS.items()})
         if not SHARD_NAME_RE.fullmatch(shard.name):
             raise ShardError(f"{where}: shard name {shard.name!r} is not of the form train-NNNNNN.tar")
         if shard.samples <= 0:

@@ -34,7 +34,7 @@ from xdist.data.stream import TrainStream
 from xdist.distributed import setup_distributed
 from xdist.engine import Engine, resolve_deepspeed_config
 from xdist.methods import build_method
-from xdist.methods.base import model_inputs
+from xdist.methods.base import span_logits
 from xdist.methods.teacher_cache import build_teacher_cache
 from xdist.models import build_qa_model, frozen_copy, is_partitioned, iter_full_parameters, partition_footprint
 
@@ -46,6 +46,10 @@ def full_params(module) -> dict[str, torch.Tensor]:
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[n] - b[n]).abs().max().item() for n in a)
+
+
+def logits_diff(a, b, batch) -> float:
+    return (span_logits(a, batch) - span_logits(b, batch)).abs().max().item()
 
 
 def authors_map_coefficient(teacher: torch.Tensor, gold: torch.Tensor, k: int, window: int, temperature: float
@@ -62,11 +66,6 @@ def authors_map_coefficient(teacher: torch.Tensor, gold: torch.Tensor, k: int, w
             per_example.append(1.0 / (relevance.index(1) + 1) if 1 in relevance else 0.0)
         scores.append(sum(per_example) / len(per_example))
     return (scores[0] + scores[1]) / 2
-
-
-def logits(model, batch) -> torch.Tensor:
-    out = model(**model_inputs(batch))
-    return torch.stack([out.start_logits, out.end_logits], 1)
 
 
 def main(job: str, zero_json: str, out: str, mode: str = "replicated") -> None:
@@ -130,10 +129,8 @@ def main(job: str, zero_json: str, out: str, mode: str = "replicated") -> None:
     engine.eval()
     batch = next(iter(stream.iter_epoch(0)))
     with torch.no_grad():
-        student_out = engine.forward(**model_inputs(batch))
-        student = torch.stack([student_out.start_logits, student_out.end_logits], 1).double()
-        teacher_out = method.teacher(**model_inputs(batch))
-        teacher_logits = torch.stack([teacher_out.start_logits, teacher_out.end_logits], 1).double()
+        student = span_logits(engine.forward, batch).double()
+        teacher_logits = span_logits(method.teacher, batch).double()
     gold = torch.stack([batch["start_positions"], batch["end_positions"]], 1)
     T = cfg.method.temperature
     ce = sum(F.cross_entropy(student[:, h], gold[:, h]) for h in range(2)).item() / 2
@@ -173,7 +170,7 @@ def partitioned_checks(method, engine, stream, cfg, out_dir: Path, batch) -> dic
                                 topk=cfg.method.cache_topk, temperature=cfg.method.temperature,
                                 batch_size=cache_batch)
     result["cache_vs_online"] = max(
-        (cache.logits(b["keys"], method.dist.device) - logits(teacher, b).float()).abs().max().item()
+        (cache.logits(b["keys"], method.dist.device) - span_logits(teacher, b).float()).abs().max().item()
         for b in stream.iter_epoch(0)
     )
 
@@ -184,16 +181,16 @@ def partitioned_checks(method, engine, stream, cfg, out_dir: Path, batch) -> dic
     resumed.on_epoch_start(2, engine)
     result["snapshot_partitioned"] = is_partitioned(resumed.teacher)
     result["snapshot_vs_teacher"] = max_diff(full_params(resumed.teacher), full_params(teacher))
-    result["snapshot_logits_vs_teacher"] = (logits(resumed.teacher, batch) - logits(teacher, batch)).abs().max().item()
+    result["snapshot_logits_vs_teacher"] = logits_diff(resumed.teacher, teacher, batch)
     del resumed
 
     # Refresh right after teacher forwards, when DeepSpeed holds the persistent parameters whole, then
     # compare the teacher's logits with a replicated frozen copy of the student before anything gathers.
-    logits(teacher, batch)
+    span_logits(teacher, batch)
     result["whole_before_refresh"] = sum(p.ds_status.name == "AVAILABLE" for p in teacher.parameters())
     result["refresh_path"] = engine.refresh_partitioned_teacher(teacher)
     replica = frozen_copy(engine)
-    result["logits_vs_replicated_after_refresh"] = (logits(teacher, batch) - logits(replica, batch)).abs().max().item()
+    result["logits_vs_replicated_after_refresh"] = logits_diff(teacher, replica, batch)
     result["teacher_vs_student_after_refresh"] = max_diff(full_params(teacher), full_params(engine.module))
 
     # The fallback for layouts that differ (NVMe, quantized, hpZ): gather one submodule at a time, on
@@ -201,10 +198,10 @@ def partitioned_checks(method, engine, stream, cfg, out_dir: Path, batch) -> dic
     rng_before = torch.get_rng_state()
     other = engine.partitioned_teacher(checkpoint=out_dir / "run" / "teachers" / "gen0")
     result["rng_untouched_by_load"] = torch.equal(rng_before, torch.get_rng_state())
-    logits(other.module, batch)
+    span_logits(other.module, batch)
     result["fallback_before"] = max_diff(full_params(other.module), full_params(engine.module))
     models._copy_gathered(engine.module, other.module)
-    result["fallback_logits_vs_replicated"] = (logits(other.module, batch) - logits(replica, batch)).abs().max().item()
+    result["fallback_logits_vs_replicated"] = logits_diff(other.module, replica, batch)
     result["fallback_vs_student"] = max_diff(full_params(other.module), full_params(engine.module))
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,3 +45,13 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors a ``transformers`` QA model takes as inputs (not the labels or metadata)."""
     return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def span_logits(model: Callable[..., Any], batch: dict[str, Any], device: torch.device | None = None) -> torch.Tensor:
+    """Start/end logits [B, 2, L] of a QA model (or engine) on ``batch``'s model inputs, moved to ``device``
+    first when given."""
+    inputs = model_inputs(batch)
+    if device is not None:
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+    outputs = model(**inputs)
+    return torch.stack([outputs.start_logits, outputs.end_logits], dim=1)

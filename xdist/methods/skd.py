@@ -40,7 +40,7 @@ from kernels.span_kd import span_kd_loss
 from xdist.config import MethodConfig
 from xdist.data.shards import Manifest
 from xdist.distributed import DistEnv, barrier
-from xdist.methods.base import StepOutput, model_inputs
+from xdist.methods.base import StepOutput, span_logits
 from xdist.methods.teacher_cache import TeacherCache, build_teacher_cache
 from xdist.models import export_pretrained, partition_footprint
 
@@ -174,15 +174,12 @@ class SelfDistillation:
         """Teacher start/end logits [B, 2, L] for ``batch``: from the cache, or a forward pass."""
         if self.cache is not None:
             return self.cache.logits(batch["keys"], self.dist.device)
-        inputs = {k: v.to(self.dist.device) for k, v in model_inputs(batch).items()}
-        out = self.teacher(**inputs)
-        return torch.stack([out.start_logits, out.end_logits], dim=1)
+        return span_logits(self.teacher, batch, self.dist.device)
 
     def step(self, engine: Any, batch: dict[str, Any]) -> StepOutput:
         if self.teacher is None:
             raise RuntimeError("SelfDistillation.step before on_epoch_start: no teacher yet")
-        outputs = engine.forward(**model_inputs(batch))
-        student = torch.stack([outputs.start_logits, outputs.end_logits], dim=1)  # [B, 2, L]
+        student = span_logits(engine.forward, batch)  # [B, 2, L]
         teacher = self.teacher_logits(batch).to(student.dtype)
         gold = torch.stack([batch["start_positions"], batch["end_positions"]], dim=1).to(student.device)
         cfg = self.cfg

@@ -36,14 +36,15 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from xdist.data.shards import Manifest, decode_sample, raw_samples
+from xdist.data.stream import Batch, collate
 from xdist.distributed import DistEnv, barrier
+from xdist.methods.base import span_logits
 from xdist.models import is_partitioned
 
 log = logging.getLogger("xdist.cache")
@@ -110,33 +111,24 @@ def build_teacher_cache(
     directory.mkdir(parents=True, exist_ok=True)
     mine = directory / f"rank{dist.rank}-of-{dist.world_size}.npz"
     if not (directory / "COMPLETE").is_file():
-        urls = [str(manifest.shard_path(s)) for i, s in enumerate(manifest.shards) if i % dist.world_size == dist.rank]
+        shards = manifest.shards[dist.rank :: dist.world_size]
         keys: list[str] = []
         parts: list[dict[str, np.ndarray]] = []
         device = next(teacher.parameters()).device
-
-        def forward(batch: list) -> torch.Tensor:
-            inputs = {
-                name: torch.from_numpy(np.stack([getattr(s, name) for s in batch]).astype(np.int64)).to(device)
-                for name in ("input_ids", "attention_mask", "token_type_ids")
-            }
-            out = teacher(**inputs)
-            return torch.stack([out.start_logits, out.end_logits], dim=1).float().cpu()  # [B, 2, L]
-
-        batches = _batches(raw_samples(urls), manifest.max_length, batch_size)
+        batches = _batches(raw_samples([str(manifest.shard_path(s)) for s in shards]), manifest.max_length, batch_size)
         collective = is_partitioned(teacher) and dist.world_size > 1
         padding = 0
-        expected = sum(s.samples for i, s in enumerate(manifest.shards) if i % dist.world_size == dist.rank)
-        with tqdm(total=expected, desc="teacher cache", disable=not dist.is_main, leave=False) as bar:
+        with tqdm(total=sum(s.samples for s in shards), desc="teacher cache", disable=not dist.is_main,
+                  leave=False) as bar:
             for batch in (_in_step(batches, dist) if collective else batches):
                 if batch is None:  # this rank is done, another is not: a forward for the collective only
-                    forward([_dummy_sample(manifest.max_length)])
+                    span_logits(teacher, _dummy_batch(manifest.max_length), device)
                     padding += 1
                     continue
-                logits = forward(batch)
+                logits = span_logits(teacher, batch, device).float().cpu()  # [B, 2, L]
                 parts.append({"logits": logits.numpy()} if mode == "full" else _compress(logits, topk, temperature))
-                keys.extend(s.key for s in batch)
-                bar.update(len(batch))
+                keys.extend(batch["keys"])
+                bar.update(len(batch["keys"]))
         if padding:
             log.info("teacher cache: rank %d ran %d padding forwards to keep the partitioned teacher in step",
                      dist.rank, padding)
@@ -152,18 +144,19 @@ def build_teacher_cache(
                               temperature=temperature)
 
 
-def _batches(raws: Iterator, max_length: int, batch_size: int) -> Iterator[list]:
-    batch: list = []
+def _batches(raws: Iterator, max_length: int, batch_size: int) -> Iterator[Batch]:
+    """Batches of ``batch_size`` samples (the last one shorter), collated like the training stream's."""
+    samples: list = []
     for raw in raws:
-        batch.append(decode_sample(raw, max_length))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        samples.append(decode_sample(raw, max_length))
+        if len(samples) == batch_size:
+            yield collate(samples)
+            samples = []
+    if samples:
+        yield collate(samples)
 
 
-def _in_step(batches: Iterator[list], dist: DistEnv) -> Iterator[list | None]:
+def _in_step(batches: Iterator[Batch], dist: DistEnv) -> Iterator[Batch | None]:
     """``batches``, then ``None`` until every rank has run out of batches (collective: all ranks iterate)."""
     pending = iter(batches)
     while True:
@@ -175,12 +168,12 @@ def _in_step(batches: Iterator[list], dist: DistEnv) -> Iterator[list | None]:
         yield batch
 
 
-def _dummy_sample(max_length: int) -> SimpleNamespace:
+def _dummy_batch(max_length: int) -> Batch:
     """A one-row input of token id 0 with one visible position, for a padding forward (output discarded)."""
-    zeros = np.zeros(max_length, dtype=np.int64)
-    mask = zeros.copy()
-    mask[0] = 1
-    return SimpleNamespace(key="", input_ids=zeros, attention_mask=mask, token_type_ids=zeros)
+    zeros = torch.zeros(1, max_length, dtype=torch.long)
+    mask = zeros.clone()
+    mask[0, 0] = 1
+    return {"input_ids": zeros, "attention_mask": mask, "token_type_ids": zeros}
 
 
 def load_teacher_cache(directory: Path, world_size: int, *, mode: str, length: int, temperature: float) -> TeacherCache:

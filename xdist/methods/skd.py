@@ -188,15 +188,17 @@ class SelfDistillation:
             direction=cfg.direction, alpha_ce=cfg.alpha_ce, alpha_kl=cfg.alpha_kl, coef=cfg.coefficient,
             scope=cfg.coefficient_scope, t2_scaling=cfg.t2_scaling,
         )
-        logs = {
-            "loss/kd": result.kl_rows.float().mean().item(),
-            "kd/weight": result.coef.float().item(),  # what multiplied the KD term
-            "kd/generation": float(self.generation),
+        values = {
+            "loss/kd": result.kl_rows.float().mean(),
+            "kd/weight": result.coef.float(),  # what multiplied the KD term
         }
         if result.coef_rows is not None:  # the teacher's mean rank score (the paper's diagnostic)
-            logs["kd/coefficient"] = result.coef_rows.float().mean().item()
+            values["kd/coefficient"] = result.coef_rows.float().mean()
         if result.ce_rows is not None:
-            logs["loss/ce"] = result.ce_rows.float().mean().item()
+            values["loss/ce"] = result.ce_rows.float().mean()
+        # One device-to-host copy for all of them (each .item() would wait for the device on its own).
+        logs = dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
+        logs["kd/generation"] = float(self.generation)
         return StepOutput(loss=result.loss, logs=logs)
 
     # ---- checkpoint state -----------------------------------------------------------------------

@@ -1,22 +1,22 @@
 """Self-knowledge distillation (Carrino et al.) on real 2-rank DeepSpeed jobs: generations, coefficient,
-loss variants, the teacher-logit cache, and resume inside a generation."""
+loss variants, the teacher-logit cache, and resume inside a generation (slow; they skip without the shared
+data). The top-k cache's approximation itself is checked in process against float64."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from tests.cli_helpers import ENV, HAS_DATA, REPO, step_losses, xdist
-from tests.conftest import DATA_DIR
+from tests.cli_helpers import ENV, REPO, step_losses, xdist
+from xdist.methods.teacher_cache import TeacherCache, _compress
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not HAS_DATA, reason=f"shared data not found at {DATA_DIR}"),
-]
+EPS32 = torch.finfo(torch.float32).eps
 
 WORKER = REPO / "tests" / "distributed" / "skd_worker.py"
 SKD = ["--nproc", "2", "--set", "method.name=skd", "--set", "method.coefficient=map", "--set", "eval.sets=[]",
@@ -48,6 +48,7 @@ def assert_generations(record: dict) -> None:
         assert not epoch["teacher_training_mode"] and epoch["snapshot_complete"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_generations_refresh_and_freeze_the_teacher(job, tmp_path, stage):
     for record in run_worker(job, tmp_path, f"zero{stage}.json"):
@@ -65,6 +66,7 @@ def test_generations_refresh_and_freeze_the_teacher(job, tmp_path, stage):
         assert check["logged_kd"] == pytest.approx(check["kl"], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["zero3-threshold0", "zero3-persistent"])
 def test_zero3_partitioned_teacher(job, tmp_path, mode):
     """method.teacher_partition=zero3 on 2 ranks: the teacher is partitioned, each refresh makes it the
@@ -103,6 +105,7 @@ def test_zero3_partitioned_teacher(job, tmp_path, mode):
     assert records[0]["epochs"][0]["teacher_numel"]["full"] == records[1]["epochs"][0]["teacher_numel"]["full"]
 
 
+@pytest.mark.slow
 def test_teacher_cache_matches_online_teacher(job, tmp_path):
     """Full cache: the same loss at every step as the online teacher (hence the same gradients, since the
     weights evolve identically over 3 generations); top-k cache: with the same (generation-0) teacher the same
@@ -129,6 +132,7 @@ def test_teacher_cache_matches_online_teacher(job, tmp_path):
     assert list((tmp_path / "full" / "teachers" / "gen1").glob("cache-full-*/COMPLETE"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("partition", ["replicated", "zero3"])
 def test_resume_inside_a_generation(job, tmp_path, partition):
     """Cut after step 8 (generation 1, mid-epoch): the resumed run restores that generation's teacher from
@@ -160,3 +164,48 @@ def test_resume_inside_a_generation(job, tmp_path, partition):
     for step in range(9, last + 1):
         assert resumed[step] == pytest.approx(reference[step]["loss"], rel=1e-6, abs=1e-7), f"step {step}"
         assert resumed_log[step]["kd/coefficient"] == pytest.approx(reference[step]["kd/coefficient"], abs=1e-7)
+
+
+@pytest.mark.parametrize(("length", "topk"), [(37, 5), (37, 36), (96, 20), (37, 37), (37, 64)])
+def test_topk_cache_keeps_the_top_k_and_the_tail_mass(length, topk):
+    """The top-k cache against float64: the top K logits are the teacher's and still rank first (ties and a
+    constant row included); every other position holds T·log(mean exp(t/T)) over the tail, so the top K's
+    probabilities and the tail's total are the teacher's and only the tail's entropy is overestimated;
+    K >= L is exact. Rows come back by key, in any order; an unknown key is named."""
+    T = 1.7
+    g = torch.Generator().manual_seed(1000 * length + topk)
+    teacher = 3 * torch.randn(7, 2, length, generator=g)  # float32, as the builder stores it
+    teacher[0, 0] = 0.5  # a constant row: the whole tail ties the K-th value
+    teacher[1, 1, 3:12] = teacher[1, 1].max()  # ties at the top, across the K boundary
+    teacher[2, 0, 5:] = -1e4  # a tail without mass
+    keys = [f"sample{i}" for i in range(7)]
+    arrays = _compress(teacher, topk, T)
+    cache = TeacherCache(keys, "topk", length, T, arrays)
+    order = [4, 0, 6, 2, 1, 5, 3]
+    dense = cache.logits([keys[i] for i in order], torch.device("cpu"))
+    assert dense.dtype == torch.float32 and dense.shape == (7, 2, length)
+    with pytest.raises(KeyError, match="no logits for sample 'missing'"):
+        cache.logits(["missing"], torch.device("cpu"))
+    t, dense = teacher[order].double(), dense.double()
+    if topk >= length:
+        assert torch.equal(dense, t)
+        return
+
+    top = torch.from_numpy(arrays["indices"][order]).long()
+    in_top = torch.zeros_like(t, dtype=torch.bool).scatter_(-1, top, True)
+    assert torch.equal(dense.gather(-1, top), t.gather(-1, top))
+    assert (t.gather(-1, top).amin(-1) >= t.masked_fill(in_top, -math.inf).amax(-1)).all()  # a true top K
+    assert torch.equal(dense.topk(topk).values, t.topk(topk).values)  # the ranking, hence the coefficient
+    # One tail value, within a few float32 roundings (logsumexp, the subtraction, the product with T).
+    fill = T * (torch.logsumexp((t / T).masked_fill(in_top, -math.inf), -1) - math.log(length - topk))
+    tail = dense.masked_select(~in_top).view(7, 2, length - topk)
+    torch.testing.assert_close(tail, fill.unsqueeze(-1).expand_as(tail), rtol=16 * EPS32, atol=16 * EPS32)
+    # The softmax(t/T) mass: top K and tail total exact up to that error divided by T.
+    p, q = torch.softmax(t / T, -1), torch.softmax(dense / T, -1)
+    torch.testing.assert_close(q.gather(-1, top), p.gather(-1, top), rtol=1e-5, atol=0)
+    torch.testing.assert_close((q * ~in_top).sum(-1), (p * ~in_top).sum(-1), rtol=1e-5, atol=0)
+
+    def entropy(x: torch.Tensor) -> torch.Tensor:
+        return -(x * x.clamp_min(1e-300).log()).sum(-1)
+
+    assert (entropy(q) >= entropy(p) - 1e-9).all()  # uniform over the tail: the one direction of the error

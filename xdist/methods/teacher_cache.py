@@ -76,6 +76,9 @@ class TeacherCache:
         rest_lse = torch.from_numpy(self.arrays["rest_lse"][rows])  # [B, 2]
         rest = self.length - values.shape[-1]
         fill = self.temperature * (rest_lse - math.log(rest)) if rest > 0 else rest_lse * 0
+        # At most the tail's maximum, hence the K-th value (``values`` is sorted), in exact arithmetic; float32
+        # rounding can lift it an ulp above when the tail is constant, which would rank the tail first.
+        fill = torch.minimum(fill, values[..., -1])
         dense = fill.unsqueeze(-1).expand(-1, -1, self.length).clone()
         dense.scatter_(-1, indices, values)
         return dense.to(device)

@@ -121,13 +121,16 @@ def test_teacher_cache_matches_online_teacher(job, tmp_path):
         assert a["loss"] == b["loss"] and a["loss/kd"] == b["loss/kd"], (a, b)
         assert a["kd/coefficient"] == b["kd/coefficient"]
     for a, c in zip(online, topk, strict=True):
-        if a["kd/generation"] == 0:
-            # Same teacher: the top-k cache ranks exactly (coefficient) and approximates only the KL tail.
-            assert a["kd/coefficient"] == pytest.approx(c["kd/coefficient"], abs=1e-7)
-            assert c["loss"] == pytest.approx(a["loss"], rel=5e-3)
-        else:
-            # Later teachers are copies of students that trained on slightly different (approximate) losses.
-            assert c["loss"] == pytest.approx(a["loss"], rel=5e-2)
+        first = a["kd/generation"] == 0
+        # Generation 0's teacher is the same in both runs: the top-k cache ranks exactly (coefficient). Later
+        # teachers are copies of students that trained on slightly different losses: their coefficients drift
+        # (measured <= 1.5e-3), far less than a stale or mis-keyed cache would move them (~0.15 then ~0.7).
+        assert c["kd/coefficient"] == pytest.approx(a["kd/coefficient"], abs=1e-7 if first else 1e-2)
+        # The KD term is 0.1-3 % of the loss, so it is checked on its own: the approximate tail moves it by
+        # <= 1.9e-3 here (the approximation itself: test_topk_cache_keeps_the_top_k_and_the_tail_mass).
+        assert c["loss/kd"] == pytest.approx(a["loss/kd"], abs=5e-3)
+        # Measured: <= 2.4e-4 in generation 0 (the students part only through the KD tail), 2.1e-3 later.
+        assert c["loss"] == pytest.approx(a["loss"], rel=1e-3 if first else 1e-2)
     assert (tmp_path / "full" / "teachers" / "gen2").is_dir()
     assert list((tmp_path / "full" / "teachers" / "gen1").glob("cache-full-*/COMPLETE"))
 

@@ -87,30 +87,28 @@ class SelfDistillation:
     def _set_teacher(self, generation: int, engine: Any) -> None:
         snapshot = self.teachers_dir / f"gen{generation}"
         resuming, self.resumed = self.resumed, False
+        from_checkpoint = generation == 0 and self.cfg.teacher_checkpoint
         if resuming and (snapshot / "COMPLETE").is_file():
             # Resuming inside this generation: the teacher is the snapshot taken when it began.
             self.teacher = self._load_snapshot(snapshot, engine)
             source = f"snapshot {snapshot}"
-        elif resuming and not (generation == 0 and self.cfg.teacher_checkpoint):
+        elif resuming and not from_checkpoint:
             raise FileNotFoundError(
                 f"resuming in generation {generation} needs its teacher snapshot {snapshot} (with COMPLETE), "
                 "written when the generation began; it is missing, so the teacher cannot be restored"
             )
         else:
-            if generation == 0 and self.cfg.teacher_checkpoint:
+            if from_checkpoint:
                 self.teacher = self._load_snapshot(Path(self.cfg.teacher_checkpoint), engine)
                 source = f"checkpoint {self.cfg.teacher_checkpoint}"
             elif self.teacher is None:
                 self.teacher = self._new_copy(engine)
                 source = "a frozen copy of the student"
+            elif self.partitioned:  # refreshed in place: no re-allocation per generation
+                source = f"the student (refreshed in place, {engine.refresh_partitioned_teacher(self.teacher)})"
             else:
-                # in place: no re-allocation per generation
-                if self.partitioned:
-                    path = engine.refresh_partitioned_teacher(self.teacher)
-                    source = f"the student (refreshed in place, {path})"
-                else:
-                    engine.copy_weights_into(self.teacher)
-                    source = "the student (refreshed in place)"
+                engine.copy_weights_into(self.teacher)
+                source = "the student (refreshed in place)"
             self._save_snapshot(snapshot)
         self.teacher.eval().requires_grad_(False)
         self.generation = generation
@@ -139,12 +137,8 @@ class SelfDistillation:
     def _save_snapshot(self, snapshot: Path) -> None:
         if self.dist.is_main and snapshot.exists():
             shutil.rmtree(snapshot)  # a stale generation of an earlier run (and its caches)
-        if self.partitioned:
-            barrier()
-            # Collective: gathered one submodule at a time, written by rank 0.
-            export_pretrained(self.teacher, snapshot)
-        elif self.dist.is_main:
-            self.teacher.save_pretrained(snapshot)
+        # Collective, written by rank 0; a partitioned teacher is gathered one submodule at a time.
+        export_pretrained(self.teacher, snapshot)
         if self.dist.is_main:
             (snapshot / "COMPLETE").write_text("ok\n")
         barrier()

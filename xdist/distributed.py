@@ -86,12 +86,12 @@ def disable_deepspeed_shm_comm() -> None:
         compatible_ops["deepspeed_shm_comm"] = False
 
 
-def setup_distributed(backend: str | None = None) -> DistEnv:
+def setup_distributed() -> DistEnv:
     """Initialise the process group (once) and return this process's :class:`DistEnv`.
 
     Works in a plain single process (fills ``RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1``
     and a free ``MASTER_PORT`` where unset), under torchrun and under the ``deepspeed`` launcher.
-    ``backend`` defaults to ``nccl`` on CUDA and ``gloo`` on CPU. On CPU it also sets
+    The backend is ``nccl`` on CUDA and ``gloo`` on CPU. On CPU it also sets
     ``DS_ACCELERATOR=cpu`` if unset and disables the shm all-reduce JIT build (see
     :func:`disable_deepspeed_shm_comm`). Calling it again returns the same environment.
     """
@@ -123,11 +123,11 @@ def setup_distributed(backend: str | None = None) -> DistEnv:
     if _use_cuda():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-        backend = backend or "nccl"
+        backend = "nccl"
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         device = torch.device("cpu")
-        backend = backend or "gloo"
+        backend = "gloo"
         disable_deepspeed_shm_comm()
 
     if not torch_dist.is_initialized():

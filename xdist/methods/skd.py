@@ -53,7 +53,7 @@ class SelfDistillation:
     name = "skd"
 
     def __init__(self, cfg: MethodConfig, *, output_dir: Path, dist: DistEnv, manifest_for_epoch: Any,
-                 cache_batch_size: int = 64):
+                 cache_batch_size: int):
         self.cfg = cfg
         self.dist = dist
         self.teachers_dir = Path(output_dir) / "teachers"

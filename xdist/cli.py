@@ -147,14 +147,20 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
 
         prepare(cfg, overwrite=args.overwrite)
-    elif args.command == "train":
-        from xdist.train import train
+    elif args.command in ("train", "eval"):
+        from xdist.distributed import cleanup
 
-        train(cfg, resume=args.resume)
-    elif args.command == "eval":
-        from xdist.evaluate import evaluate_checkpoint
+        try:
+            if args.command == "train":
+                from xdist.train import train
 
-        evaluate_checkpoint(cfg, args.checkpoint, out_dir=args.out)
+                train(cfg, resume=args.resume)
+            else:
+                from xdist.evaluate import evaluate_checkpoint
+
+                evaluate_checkpoint(cfg, args.checkpoint, out_dir=args.out)
+        finally:
+            cleanup()  # tear the process group down cleanly (no-op when none was created)
     elif args.command == "bench":
         from xdist.bench import run_bench
 

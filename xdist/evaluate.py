@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
 from xdist.config import JobConfig
 from xdist.data.examples import QAExample, QAFeature
 from xdist.data.features import featurize
 from xdist.data.readers import read_source
-from xdist.distributed import DistEnv
+from xdist.distributed import DistEnv, all_gather_object
 from xdist.evaluation import EvalResult, evaluate_qa, heatmap_image, write_report
+from xdist.methods.base import MODEL_INPUTS
 
 log = logging.getLogger("xdist.eval")
 
@@ -43,9 +43,8 @@ class EvalSet:
 
 def _feature_tensors(features: list[QAFeature], device: torch.device) -> dict[str, torch.Tensor]:
     return {
-        "input_ids": torch.tensor([f.input_ids for f in features], dtype=torch.long, device=device),
-        "attention_mask": torch.tensor([f.attention_mask for f in features], dtype=torch.long, device=device),
-        "token_type_ids": torch.tensor([f.token_type_ids for f in features], dtype=torch.long, device=device),
+        name: torch.tensor([getattr(f, name) for f in features], dtype=torch.long, device=device)
+        for name in MODEL_INPUTS
     }
 
 
@@ -88,10 +87,7 @@ class QAEvaluator:
         length = len(features[0].input_ids) if features else 0
         start = np.concatenate(starts) if starts else np.zeros((0, length), np.float32)
         end = np.concatenate(ends) if ends else np.zeros((0, length), np.float32)
-        shares = [(mine, start, end)]
-        if dist.world_size > 1:
-            shares = [None] * dist.world_size
-            torch_dist.all_gather_object(shares, (mine, start, end))
+        shares = all_gather_object((mine, start, end))
         if not dist.is_main:
             return np.zeros((0, length), np.float32), np.zeros((0, length), np.float32)
         all_start = np.zeros((n, length), np.float32)

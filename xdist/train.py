@@ -32,7 +32,7 @@ import yaml
 from xdist.config import JobConfig, to_dict
 from xdist.data.features import load_tokenizer
 from xdist.data.stream import TrainStream
-from xdist.distributed import DistEnv, setup_distributed
+from xdist.distributed import DistEnv, all_gather_object, setup_distributed
 from xdist.engine import Engine, resolve_deepspeed_config
 from xdist.evaluate import QAEvaluator
 from xdist.methods import build_method
@@ -168,11 +168,7 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
 
     def save_checkpoint() -> None:
         # Every rank's RNG goes to rank 0's client state (DeepSpeed writes client state once).
-        rngs = [None] * dist.world_size
-        if dist.world_size > 1:
-            torch_dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
+        rngs = all_gather_object(rng_state())
         client = {
             "step": step,
             "stream": stream.state_dict(),

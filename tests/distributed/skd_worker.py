@@ -143,8 +143,8 @@ def main(job: str, zero_json: str, out: str, mode: str = "replicated") -> None:
         constant = method.step(engine, batch)
     record["check"] = {
         "ce": ce, "kl": kl, "expected_coefficient": expected_coef,
-        "logged_coefficient": mapped.logs["kd/coefficient"], "loss_map": mapped.loss.item(),
-        "loss_constant": constant.loss.item(), "logged_kd": constant.logs["loss/kd"],
+        "logged_coefficient": float(mapped.logs["kd/coefficient"]), "loss_map": mapped.loss.item(),
+        "loss_constant": constant.loss.item(), "logged_kd": float(constant.logs["loss/kd"]),
     }
     method.cfg = cfg.method
     if partitioned:

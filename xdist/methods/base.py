@@ -17,8 +17,9 @@ class StepOutput:
     """Scalar to back-propagate: the *mean* over the micro-batch's rows (every micro-batch has the
     same number of rows, so DeepSpeed's 1/GA scaling and rank averaging give the global-batch mean)."""
 
-    logs: dict[str, float] = field(default_factory=dict)
-    """Detached per-step values to log (e.g. ``loss/ce``, ``kd/coefficient``)."""
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    """Detached scalars to log (e.g. ``loss/ce``, ``kd/coefficient``). They may stay on the device: the loop
+    sums them over the accumulation window and reads them back once per optimizer step."""
 
 
 class Method(Protocol):

@@ -22,7 +22,7 @@ class CrossEntropy:
             start_positions=batch["start_positions"],
             end_positions=batch["end_positions"],
         )
-        return StepOutput(loss=outputs.loss, logs={"loss/ce": outputs.loss.detach().float().item()})
+        return StepOutput(loss=outputs.loss, logs={"loss/ce": outputs.loss.detach()})
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -29,11 +29,13 @@ from itertools import combinations
 
 import numpy as np
 
+from xdist.errors import UserError
+
 DEFAULT_PER_PAIR = 500
 """Instances per language pair in the authors' code."""
 
 
-class PairError(ValueError):
+class PairError(UserError, ValueError):
     """The unlabelled set, the selection or the pair settings cannot build pairs; the message says why."""
 
 

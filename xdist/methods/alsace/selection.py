@@ -48,6 +48,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from xdist.errors import UserError
 from xdist.methods.alsace.config import SelectionConfig
 
 TieBreak = Literal["probability", "lowest", "exclude"]
@@ -69,7 +70,7 @@ SELECTION_VERSION = 1
 _EQUAL_ATOL = 1e-12
 
 
-class SelectionError(ValueError):
+class SelectionError(UserError, ValueError):
     """Bad input to the selection (shapes, probabilities, languages) or a selection file that cannot be used."""
 
 

@@ -26,8 +26,10 @@ from typing import Any, Literal
 
 import yaml
 
+from xdist.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown, mistyped or out of range. The message names the field."""
 
 

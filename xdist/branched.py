@@ -59,6 +59,8 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import ModelOutput
 
+from xdist.errors import UserError
+
 MIXTURES = ("uniform", "dirichlet", "learned")
 REPRESENTATIONS = ("cls", "layers")
 INFERENCE = ("branch", "mixture")
@@ -84,7 +86,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-class BranchError(ValueError):
+class BranchError(UserError, ValueError):
     """A branched model cannot be built as asked (unsupported family, bad K, ...). Names the field."""
 
 

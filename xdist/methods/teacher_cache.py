@@ -54,10 +54,15 @@ from tqdm.auto import tqdm
 from xdist.data.shards import Manifest, decode_sample, raw_samples
 from xdist.data.stream import Batch, collate
 from xdist.distributed import DistEnv, barrier
+from xdist.errors import UserError
 from xdist.methods.base import span_logits
 from xdist.models import is_partitioned
 
 log = logging.getLogger("xdist.cache")
+
+
+class CacheError(UserError, ValueError):
+    """A cache directory does not fit the run (built for another teacher/data) or the items are unusable."""
 
 
 class TeacherCache:
@@ -253,14 +258,14 @@ def build_text_teacher_cache(
     seen: set[str] = set()
     for uid, _ in items:
         if uid in seen:
-            raise ValueError(f"teacher cache {directory}: uid {uid!r} occurs twice; one teacher needs unique uids")
+            raise CacheError(f"teacher cache {directory}: uid {uid!r} occurs twice; one teacher needs unique uids")
         seen.add(uid)
     note = f"{mode} topk={topk} T={temperature} {fingerprint}"
     complete = directory / "COMPLETE"
     if complete.is_file():
         found = complete.read_text().strip()
         if found != note:
-            raise ValueError(f"teacher cache {directory} was built for {found!r}, not {note!r}; delete the directory "
+            raise CacheError(f"teacher cache {directory} was built for {found!r}, not {note!r}; delete the directory "
                              "to rebuild it")
     else:
         directory.mkdir(parents=True, exist_ok=True)
@@ -341,7 +346,7 @@ class MultiTeacherCache:
         released before the next: :func:`build_text_teacher_cache`). Collective."""
         missing = sorted(set(teachers) ^ set(items))
         if missing:
-            raise ValueError(f"teachers and items name different languages: {missing}")
+            raise CacheError(f"teachers and items name different languages: {missing}")
         caches = {}
         for name, load in teachers.items():
             caches[name] = build_text_teacher_cache(

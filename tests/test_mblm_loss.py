@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xdist.methods.mblm_loss import DirichletDraws, mblm_loss, own_branch_logits
+from xdist.methods.mblm.loss import DirichletDraws, mblm_loss, own_branch_logits
 
 
 @pytest.fixture

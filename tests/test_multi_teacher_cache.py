@@ -10,46 +10,13 @@ import weakref
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
+from tests.mblm_helpers import TEXTS, texts_of, tiny_classifier, wordpiece
 from xdist.distributed import DistEnv
 from xdist.methods.teacher_cache import MultiTeacherCache, TeacherCache, _compress, build_text_teacher_cache
 
 SOLO = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-TEXTS = {
-    "en": [("A man is playing a guitar on stage.", "Someone makes music."),
-           ("The children are sleeping.", "The kids are awake and running."),
-           ("A woman reads a long book in the park.", "A person is outdoors."),
-           ("Two dogs chase a ball.", "Animals are playing."),
-           ("It rained all day in the city.", "The streets were dry.")],
-    "de": [("Ein Mann spielt Gitarre auf der Bühne.", "Jemand macht Musik."),
-           ("Die Kinder schlafen.", "Die Kinder sind wach und rennen."),
-           ("Eine Frau liest ein langes Buch im Park.", "Eine Person ist draußen."),
-           ("Zwei Hunde jagen einen Ball.", "Tiere spielen."),
-           ("Es regnete den ganzen Tag in der Stadt.", "Die Straßen waren trocken.")],
-}
-
-
-def _wordpiece(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A tiny fast WordPiece tokenizer trained here (a vocabulary unlike the student's)."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]")
-
-
-def _teacher(tokenizer: PreTrainedTokenizerFast, seed: int) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=48, max_position_embeddings=64, num_labels=3, pad_token_id=0)
-    return BertForSequenceClassification(config).eval()
+PAIRS = {lang: [(a, b) for a, b, _ in rows] for lang, rows in TEXTS.items()}
 
 
 def _compute(model, tokenizer, max_length=24):
@@ -64,16 +31,16 @@ def _compute(model, tokenizer, max_length=24):
 def teachers():
     """Per language: a tokenizer of its own (different vocabularies and sizes) and a teacher model."""
     result = {}
-    for seed, (lang, pairs) in enumerate(TEXTS.items()):
-        tokenizer = _wordpiece([t for pair in pairs for t in pair] * 3, vocab_size=60 + 40 * seed)
-        result[lang] = (tokenizer, _teacher(tokenizer, seed))
+    for seed, lang in enumerate(PAIRS):
+        tokenizer = wordpiece(texts_of(lang), vocab_size=60 + 40 * seed)
+        result[lang] = (tokenizer, tiny_classifier(len(tokenizer), seed))
     assert result["en"][0].get_vocab() != result["de"][0].get_vocab()
     return result
 
 
 def test_cache_holds_each_teachers_logits_per_uid(teachers, tmp_path):
     # Parallel rows share a uid (the same instance in both languages); each teacher keys its own rows.
-    items = {lang: [(f"xnli-{i}", pair) for i, pair in enumerate(pairs)] for lang, pairs in TEXTS.items()}
+    items = {lang: [(f"xnli-{i}", pair) for i, pair in enumerate(pairs)] for lang, pairs in PAIRS.items()}
     alive = []
 
     def loader(lang):
@@ -83,7 +50,7 @@ def test_cache_holds_each_teachers_logits_per_uid(teachers, tmp_path):
             return _compute(model, tokenizer)
         return load
 
-    cache = MultiTeacherCache.build({lang: loader(lang) for lang in TEXTS}, items, tmp_path, SOLO,
+    cache = MultiTeacherCache.build({lang: loader(lang) for lang in PAIRS}, items, tmp_path, SOLO,
                                     fingerprints={"en": "en-v1", "de": "de-v1"}, batch_size=2)
     assert len(alive) == 2
     # Rows in any order, any mix of teachers; each row's logits are its teacher run directly on its own text.
@@ -92,7 +59,7 @@ def test_cache_holds_each_teachers_logits_per_uid(teachers, tmp_path):
     assert got.shape == (5, 3) and got.dtype == torch.float32
     for row, (lang, uid) in enumerate(rows):
         tokenizer, model = teachers[lang]
-        pair = TEXTS[lang][int(uid.split("-")[1])]
+        pair = PAIRS[lang][int(uid.split("-")[1])]
         with torch.no_grad():
             direct = model(**tokenizer(*pair, truncation="longest_first", max_length=24, return_tensors="pt")).logits
         torch.testing.assert_close(got[row], direct[0], rtol=1e-5, atol=1e-6)
@@ -117,18 +84,18 @@ def test_cache_holds_each_teachers_logits_per_uid(teachers, tmp_path):
 
 def test_no_teacher_outlives_the_build(tmp_path):
     """The loader's teacher is garbage once the build returns (nothing in the cache holds it)."""
-    tokenizer = _wordpiece([t for pair in TEXTS["en"] for t in pair] * 3, vocab_size=70)
+    tokenizer = wordpiece(texts_of("en"), vocab_size=70)
     refs = []
 
     def load():
-        model = _teacher(tokenizer, 5)
+        model = tiny_classifier(len(tokenizer), 5)
         refs.append(weakref.ref(model))
         return _compute(model, tokenizer)
 
-    items = [(f"u{i}", pair) for i, pair in enumerate(TEXTS["en"])]
+    items = [(f"u{i}", pair) for i, pair in enumerate(PAIRS["en"])]
     cache = MultiTeacherCache.build({"en": load}, {"en": items}, tmp_path, SOLO, fingerprints={"en": "x"},
                                     batch_size=3)
-    assert len(cache.caches["en"]) == 5
+    assert len(cache.caches["en"]) == 6
     assert len(refs) == 1 and refs[0]() is None
 
 

@@ -129,7 +129,7 @@ def test_inference_rule():
 def test_each_branch_gets_gradient_only_from_its_own_rows():
     """Supervised term (own-branch logits only): a branch's gradient is unchanged, bit for bit, when the other
     languages' rows change, and exactly zero when its language has no row in the batch."""
-    from xdist.methods.mblm_loss import own_branch_logits
+    from xdist.methods.mblm.loss import own_branch_logits
 
     model = branched_from_standard(_standard(), LANGS, branch_layers=2, share_head=False).eval()
     _perturb(model, 11)

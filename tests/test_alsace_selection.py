@@ -197,6 +197,22 @@ def test_authors_ranking_and_fixed_teachers():
     assert random_a.teachers != select_teachers(XNLI_RANKING, mode="random", n_students=8, seed=4).teachers
 
 
+def test_selection_from_a_config_section(rng):
+    from xdist.config import ConfigError, build
+    from xdist.methods.alsace.config import SelectionConfig
+    from xdist.methods.alsace.selection import select_from_config
+
+    cfg = build(SelectionConfig, {"mode": "ranking", "ranking": list(XNLI_RANKING), "n_students": 8})
+    assert select_from_config(cfg, XNLI_RANKING).students[0] == "el"
+    cfg = build(SelectionConfig, {"reliability": "agreement", "comparison": ">="})
+    probs, _ = planted_table(rng, n_good=3, n_noisy=2, n_inst=50)
+    assert select_from_config(cfg, list("abcde"), probs).options["reliability"] == "agreement"
+    with pytest.raises(ConfigError, match="'method.alsace.selection.n_students': mode 'random' needs"):
+        build(SelectionConfig, {"mode": "random"}, "method.alsace.selection")
+    with pytest.raises(ConfigError, match="'comparison'"):
+        build(SelectionConfig, {"comparison": "<"})
+
+
 def test_bad_probability_tables_are_refused(rng):
     probs = rng.dirichlet(np.ones(3), size=(2, 5))
     with pytest.raises(SelectionError, match="2 languages but 3 are named"):

@@ -29,11 +29,13 @@ from itertools import combinations
 
 import numpy as np
 
+from xdist.errors import UserError
+
 DEFAULT_PER_PAIR = 500
 """Instances per language pair in the authors' code."""
 
 
-class PairError(ValueError):
+class PairError(UserError, ValueError):
     """The unlabelled set, the selection or the pair settings cannot build pairs; the message says why."""
 
 
@@ -151,3 +153,52 @@ def build_pairs(
 def pair_counts(pairs: Sequence[InstancePair]) -> dict[str, int]:
     """Instance pairs per language pair (``"<first>-<second>"`` → count), in first-seen order; for manifests."""
     return dict(Counter(pair.language_pair for pair in pairs))
+
+
+def pair_sample(
+    first: Mapping[str, np.ndarray],
+    second: Mapping[str, np.ndarray],
+    *,
+    keep_labels: tuple[bool, bool] = (False, False),
+    ignore_label: int = -100,
+) -> dict[str, np.ndarray]:
+    """One shard sample from the two sides' feature arrays: every array stacked on a new leading pair
+    axis of size 2 (``input_ids`` ``[2, L]``, ``labels`` ``[2]``...), first side at index 0.
+
+    The model inputs keep their names, so a collate that stacks arrays gives ``[B, 2, ...]`` and
+    :func:`stack_pair_batch` turns that into the one stacked forward batch ``[2B, ...]``. ``labels`` of a
+    side is kept only where ``keep_labels`` says so (the CE term's languages), else ``ignore_label``.
+    """
+    if set(first) != set(second):
+        raise PairError(f"the two sides of a pair have different fields: {sorted(first)} vs {sorted(second)}")
+    sample = {}
+    for name in first:
+        a, b = np.asarray(first[name]), np.asarray(second[name])
+        if name == "labels":
+            a = a if keep_labels[0] else np.full_like(a, ignore_label)
+            b = b if keep_labels[1] else np.full_like(b, ignore_label)
+        if a.shape != b.shape:
+            raise PairError(f"field {name!r} has shapes {a.shape} and {b.shape} on the two sides of a pair "
+                            "(features must be padded to one length)")  # fmt: skip
+        sample[name] = np.stack([a, b])
+    return sample
+
+
+def stack_pair_batch(batch: Mapping[str, object]) -> dict[str, object]:
+    """A collated pair batch ``[B, 2, ...]`` as one forward batch ``[2B, ...]``: the B first sides, then
+    the B second sides (the order :func:`xdist.methods.alsace.loss.split_pairs` undoes). Every tensor or
+    array must carry the pair axis (PairError otherwise); anything else (metadata lists) passes through."""
+    stacked: dict[str, object] = {}
+    for name, value in batch.items():
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            stacked[name] = value
+            continue
+        if len(shape) < 2 or shape[1] != 2:
+            raise PairError(f"batch field {name!r} has shape {tuple(shape)}: a pair batch needs [B, 2, ...] "
+                            "(were these shards prepared for ALSACE?)")  # fmt: skip
+        if isinstance(value, np.ndarray):
+            stacked[name] = np.swapaxes(value, 0, 1).reshape(2 * shape[0], *shape[2:])
+        else:  # a torch tensor
+            stacked[name] = value.transpose(0, 1).reshape(2 * shape[0], *shape[2:])
+    return stacked

@@ -108,6 +108,7 @@ def pair_loss(
             raise ValueError(
                 f"pair labels must be [{logits.shape[0]}] (one per stacked row), got {tuple(labels.shape)}"
             )
+        labels = labels.to(logits.device)
         compute = torch.promote_types(logits.dtype, torch.float32)  # fp32 for bf16/fp16, float64 stays
         rows = F.cross_entropy(logits.to(compute), labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
         n_labelled = (labels != IGNORE_INDEX).sum().clamp(min=1)

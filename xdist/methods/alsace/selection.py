@@ -22,7 +22,8 @@ the same order). Steps, each with its documented options:
    the rounding of the normalisation never decides a side. With ``sum``, S_l > ξ iff R_l > mean R.
 
 Alternatives (no model needed): a **fixed ranking** plus a number of students (the authors' released code
-hard-codes the XNLI ranking below with 8 students; it implements no vote), or a **fixed teacher list**.
+hard-codes the XNLI ranking below with 8 students; it implements no vote), a **fixed teacher list**, or a
+seeded **random** split with a number of students (the paper's "no selection" ablation).
 
 The **ranking** of a selection orders every language, teachers first: by S_l descending (vote; ties keep
 the data order), as given (ranking), or the teacher list then the students in data order (teachers). In
@@ -47,6 +48,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from xdist.errors import UserError
+from xdist.methods.alsace.config import SelectionConfig
+
 TieBreak = Literal["probability", "lowest", "exclude"]
 Reliability = Literal["probability", "agreement"]
 Normalise = Literal["sum", "softmax"]
@@ -66,7 +70,7 @@ SELECTION_VERSION = 1
 _EQUAL_ATOL = 1e-12
 
 
-class SelectionError(ValueError):
+class SelectionError(UserError, ValueError):
     """Bad input to the selection (shapes, probabilities, languages) or a selection file that cannot be used."""
 
 
@@ -477,3 +481,17 @@ def scalars(selection: Selection) -> dict[str, float]:
     values["select/teachers"] = float(len(selection.teachers))
     values["select/ties"] = float(selection.vote["ties"]["count"])
     return {k: v for k, v in values.items() if math.isfinite(v)}
+
+
+def select_from_config(
+    cfg: SelectionConfig,
+    languages: Sequence[str],
+    probs: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Selection:
+    """:func:`select_teachers` with the options of a ``method.alsace.selection`` section."""
+    return select_teachers(
+        languages, probs, mode=cfg.mode, tie_break=cfg.tie_break, reliability_measure=cfg.reliability,
+        normalise=cfg.normalise, comparison=cfg.comparison, ranking=cfg.ranking, n_students=cfg.n_students,
+        teachers=cfg.teachers, seed=cfg.seed, class_names=class_names,
+    )  # fmt: skip

@@ -24,7 +24,7 @@ from pathlib import Path
 from xdist.errors import EXIT_USER_ERROR, UserError, debug_enabled, one_paragraph
 
 # Set before torch/deepspeed import so every rank inherits them (see docs in README "Environment").
-_CPU_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+_CPU_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 _ERROR_DIR_ENV = "XDIST_ERROR_DIR"
 """Set by ``--nproc`` for its ranks: where each rank writes its error for the launcher to print once."""
 
@@ -158,6 +158,16 @@ def _data(args: argparse.Namespace) -> int:
         fetch(name, root, offline=True if args.offline else None)
     print(f"data directory: {root} (recipes read it through data.root; set XDIST_DATA={root} if it is not the default)")
     return 0
+
+
+def _resolve_hub_ids(cfg, *, with_model: bool) -> None:
+    """Download (or find in the Hugging Face cache) the tokenizer and model a job names by Hub id, once,
+    before ranks start: they then run with ``HF_HUB_OFFLINE=1`` and read the cache."""
+    from xdist.hub import resolve_pretrained
+
+    resolve_pretrained(cfg.features.tokenizer, field="features.tokenizer", kind="tokenizer")
+    if with_model and cfg.model.checkpoint:
+        resolve_pretrained(cfg.model.checkpoint, field="model.checkpoint")
 
 
 def _in_launch() -> bool:
@@ -307,6 +317,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
         claim_output_dir(Path(cfg.train.output_dir), resume=args.resume, overwrite=args.overwrite, rank=0)
     if args.command in ("train", "eval") and args.nproc and not _in_launch():
+        _resolve_hub_ids(cfg, with_model=args.command == "train")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # resolved above: ranks read the cache, not the Hub
         return _relaunch(args, argv)
     if args.command == "prepare":
         from xdist.data.prepare import prepare

@@ -199,11 +199,11 @@ def main() -> None:
     for spec in args.sweep.split(","):
         k, lam = int(spec.split(":")[0]), float(spec.split(":")[1])
         branches = BranchesConfig(languages=SUPERVISED, layers=k)
-        cfg = MBLMConfig(teachers=teachers, mixture_weight=lam)
+        cfg = MBLMConfig(mixture_weight=lam)
 
-        def build_cache(cfg=cfg):
+        def build_cache():
             loaders, items, prints = {}, {}, {}
-            for lang, path in cfg.teachers.items():
+            for lang, path in teachers.items():
                 mine = [e for e in train_rows if e.language == lang]
                 loaders[lang] = teacher_loader(lang, path, student_tokenizer=tokenizer_dir,
                                                max_length=args.max_length, class_names=classes,

@@ -26,7 +26,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def _field(language: str) -> str:
-    return f"method.mblm.teachers.{language}"
+    return f"method.teachers.{language}"
 
 
 def teacher_directory(language: str, checkpoint: str) -> Path:

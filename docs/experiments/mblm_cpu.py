@@ -136,9 +136,40 @@ def score(preds, eval_batch, order) -> dict:
             "zero_shot": float(np.mean(zero))}
 
 
+def report(results: dict) -> str:
+    """Markdown tables of ``results.json``: accuracy per language and run, McNemar vs the baseline, overhead."""
+    runs = results["runs"]
+    langs = list(results["eval_rows"])
+    names = [n for n in runs if not n.startswith("teacher-")]
+    lines = ["| run | " + " | ".join(langs) + " | supervised | zero-shot | macro |",
+             "|---|" + "---:|" * (len(langs) + 3)]
+    for name in [n for n in runs if n.startswith("teacher-")] + names:
+        r = runs[name]
+        cells = [f"{r['accuracy'][lang]:.1f}" for lang in langs]
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {r['supervised']:.1f} | {r['zero_shot']:.1f} | {r['summary']['macro']:.1f} |")
+    lines += ["", "McNemar (exact, two-sided) per language, MBLM run vs baseline: p (only MBLM right / only baseline "
+              "right)", "", "| run | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
+    for name in names:
+        tests = runs[name].get("mcnemar_vs_baseline")
+        if tests:
+            cells = [f"{t['p_value']:.2f} ({t['only_a']}/{t['only_b']})" for t in (tests[lang] for lang in langs)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    base = runs["baseline"]
+    lines += ["", "| run | parameters | vs baseline | train s/step | vs baseline | eval s | vs baseline | "
+              "loss first→last 20 steps |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name in names:
+        r = runs[name]
+        lines.append(f"| {name} | {r['params']:,} | {r['params'] / base['params']:.3f}x | {r['s_per_step']:.3f} | "
+                     f"{r['s_per_step'] / base['s_per_step']:.2f}x | {r['eval_seconds']:.1f} | "
+                     f"{r['eval_seconds'] / base['eval_seconds']:.2f}x | {r['loss_first']:.3f}→{r['loss_last']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/mblm-cpu")
+    parser.add_argument("--report", action="store_true", help="print the tables of <out>/results.json and stop")
     parser.add_argument("--data", default=os.environ.get("XDIST_DATA", "../shared/data"))
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4)
@@ -153,6 +184,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="train rows per language (smoke runs)")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.report:
+        print(report(json.loads((out / "results.json").read_text())))
+        return
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 

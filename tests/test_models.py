@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from xdist.config import ConfigError, ModelConfig
-from xdist.models import build_qa_model, copy_weights_into, export_pretrained, frozen_copy, qa_model_config
+from xdist.models import build_qa_model, qa_model_config
+from xdist.weights import copy_weights_into, export_pretrained, frozen_copy
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 48}

@@ -134,7 +134,7 @@ def evaluate_checkpoint(cfg: JobConfig, checkpoint: str, *, out_dir: str | None 
     """
     from transformers import AutoModelForQuestionAnswering
 
-    from xdist.data.features import load_tokenizer
+    from xdist.data.tokenizer import load_tokenizer
     from xdist.distributed import setup_distributed
     from xdist.monitor import setup_logging
 

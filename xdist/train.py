@@ -30,10 +30,11 @@ import torch.distributed as torch_dist
 import yaml
 
 from xdist.config import JobConfig, to_dict
-from xdist.data.features import load_tokenizer
 from xdist.data.stream import TrainStream
+from xdist.data.tokenizer import load_tokenizer
+from xdist.deepspeed_config import resolve_deepspeed_config
 from xdist.distributed import DistEnv, all_gather_object, setup_distributed
-from xdist.engine import Engine, resolve_deepspeed_config
+from xdist.engine import Engine
 from xdist.evaluate import QAEvaluator
 from xdist.methods import build_method
 from xdist.models import build_qa_model

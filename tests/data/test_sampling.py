@@ -13,9 +13,11 @@ import pytest
 
 from tests.data.test_readers import raw_records, small_squad, write_json
 from xdist.config import ConfigError, DataConfig, JobConfig, SamplingConfig, SourceConfig, TitleSplitConfig, build
-from xdist.data.readers import DataError, read_source, title_is_eval
-from xdist.data.sampling import EPOCH_INDEX_NAME, load_epoch_index, question_languages
+from xdist.data.epochs import EPOCH_INDEX_NAME, load_epoch_index
+from xdist.data.readers import read_source, title_is_eval
+from xdist.data.sampling import question_languages
 from xdist.data.shards import MANIFEST_NAME, ShardError, iter_samples, load_manifest
+from xdist.data.sources import DataError
 from xdist.data.stream import StreamError, TrainStream
 
 MLQA_LANGUAGES = ["en", "es", "de", "ar", "vi", "hi", "zh"]

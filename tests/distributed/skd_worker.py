@@ -27,16 +27,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from xdist import models
+from xdist import weights
 from xdist.config import load_config
-from xdist.data.features import load_tokenizer
 from xdist.data.stream import TrainStream
+from xdist.data.tokenizer import load_tokenizer
+from xdist.deepspeed_config import resolve_deepspeed_config
 from xdist.distributed import setup_distributed
-from xdist.engine import Engine, resolve_deepspeed_config
+from xdist.engine import Engine
 from xdist.methods import build_method
 from xdist.methods.base import span_logits
 from xdist.methods.teacher_cache import build_teacher_cache
-from xdist.models import build_qa_model, frozen_copy, is_partitioned, iter_full_parameters, partition_footprint
+from xdist.models import build_qa_model
+from xdist.weights import frozen_copy, is_partitioned, iter_full_parameters, partition_footprint
 
 
 def full_params(module) -> dict[str, torch.Tensor]:
@@ -200,7 +202,7 @@ def partitioned_checks(method, engine, stream, cfg, out_dir: Path, batch) -> dic
     result["rng_untouched_by_load"] = torch.equal(rng_before, torch.get_rng_state())
     span_logits(other.module, batch)
     result["fallback_before"] = max_diff(full_params(other.module), full_params(engine.module))
-    models._copy_gathered(engine.module, other.module)
+    weights._copy_gathered(engine.module, other.module)
     result["fallback_logits_vs_replicated"] = logits_diff(other.module, replica, batch)
     result["fallback_vs_student"] = max_diff(full_params(other.module), full_params(engine.module))
     return result

@@ -9,18 +9,11 @@ from xdist.data.features import (
     FeatureStats,
     featurize,
     iter_features,
-    load_tokenizer,
     truncate_questions,
 )
-from xdist.data.readers import (
-    DataError,
-    ReadResult,
-    SkipReport,
-    read_source,
-    resolve_path,
-    split_titles,
-    title_is_eval,
-)
+from xdist.data.readers import ReadResult, read_source, split_titles, title_is_eval
+from xdist.data.sources import DataError, SkipReport, resolve_path
+from xdist.data.tokenizer import load_tokenizer
 
 __all__ = [
     "Answer",

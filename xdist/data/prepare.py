@@ -35,9 +35,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from xdist.config import JobConfig
-from xdist.data.features import FeatureStats, iter_features, load_tokenizer
-from xdist.data.readers import SkipReport, read_source
-from xdist.data.sampling import EPOCH_INDEX_NAME, EpochIndex, epoch_set_name, load_epoch_index, write_epoch_index
+from xdist.data.epochs import EPOCH_INDEX_NAME, EpochIndex, epoch_set_name, load_epoch_index, write_epoch_index
+from xdist.data.features import FeatureStats, iter_features
+from xdist.data.readers import read_source
 from xdist.data.shards import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -51,6 +51,8 @@ from xdist.data.shards import (
     tokenizer_fingerprint,
     write_shards,
 )
+from xdist.data.sources import SkipReport
+from xdist.data.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from xdist.data.examples import QAFeature, cell_name
-from xdist.data.features import tokenizer_directory
+from xdist.data.tokenizer import tokenizer_directory
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xdist.config import DataConfig
-from xdist.data.sampling import EPOCH_INDEX_NAME, load_epoch_index
+from xdist.data.epochs import EPOCH_INDEX_NAME, load_epoch_index
 from xdist.data.shards import (
     MANIFEST_NAME,
     Manifest,

@@ -19,7 +19,7 @@ Each generation's teacher is saved under ``<output_dir>/teachers/gen<g>`` (safet
 created, so that ``--resume`` in the middle of an epoch restores the very teacher that epoch used.
 
 Where the teacher lives (``method.teacher_partition``): ``replicated`` keeps a full frozen copy on every
-rank (:func:`xdist.models.frozen_copy`). ``zero3`` keeps it ZeRO-3-partitioned like the student, in its
+rank (:func:`xdist.weights.frozen_copy`). ``zero3`` keeps it ZeRO-3-partitioned like the student, in its
 own DeepSpeed inference engine (:meth:`xdist.engine.Engine.partitioned_teacher`): each rank holds 1/world
 of it, a refresh copies each rank's student partitions into the teacher's, a snapshot is gathered one
 submodule at a time and written by rank 0, and loaded back partitioned. Its forward passes are collective:
@@ -42,7 +42,7 @@ from xdist.data.shards import Manifest
 from xdist.distributed import DistEnv, barrier
 from xdist.methods.base import StepOutput, span_logits
 from xdist.methods.teacher_cache import TeacherCache, build_teacher_cache
-from xdist.models import export_pretrained, partition_footprint
+from xdist.weights import export_pretrained, partition_footprint
 
 log = logging.getLogger("xdist.skd")
 

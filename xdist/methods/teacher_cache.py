@@ -45,7 +45,7 @@ from xdist.data.shards import Manifest, decode_sample, raw_samples
 from xdist.data.stream import Batch, collate
 from xdist.distributed import DistEnv, barrier
 from xdist.methods.base import span_logits
-from xdist.models import is_partitioned
+from xdist.weights import is_partitioned
 
 log = logging.getLogger("xdist.cache")
 

@@ -39,10 +39,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from xdist.data.examples import Cell, cell_name
 from xdist.evaluation import CellScore, DecodeInfo, EvalResult, ExampleScore, save_heatmap
 from xdist.evaluation.metrics import matrix_json
 from xdist.evaluation.report import check_file_name, matrix_figure
+from xdist.tasks.qa.examples import Cell, cell_name
 
 ZERO_METHOD = "wilcox"
 """scipy's ``zero_method`` for the signed-rank test: tied pairs are dropped (the authors' setting)."""

@@ -120,7 +120,7 @@ class Engine:
         """Wrap ``model`` with ``deepspeed.initialize``: AdamW (no decay on biases/norms) and the schedule.
 
         ``ds_config`` is the already resolved config (pass the one given to
-        :func:`xdist.models.build_qa_model` for ZeRO-3); by default it is resolved from ``train_cfg``.
+        :meth:`xdist.tasks.base.Task.build_model` for ZeRO-3); by default it is resolved from ``train_cfg``.
         """
         import deepspeed
 
@@ -290,17 +290,18 @@ class Engine:
         of the teacher is collective too.
         """
         import deepspeed
-        from transformers import AutoModelForQuestionAnswering
 
+        # The student's own class (the task's AutoModelFor* resolved it): the teacher has the same head.
+        model_class = type(self.module)
         config = teacher_inference_config(self.config)
         devices = [self.dist.device.index or 0] if self.dist.device.type == "cuda" else []
         # Random init (overwritten right after) must not advance the training's RNG: dropout masks stay those
         # of a run with a replicated teacher, and a resumed run (which reloads the teacher) stays exact.
         with torch.random.fork_rng(devices=devices), models.zero3_construction(config):
             if checkpoint is None:
-                teacher = AutoModelForQuestionAnswering.from_config(copy.deepcopy(self.module.config))
+                teacher = model_class._from_config(copy.deepcopy(self.module.config))
             else:
-                teacher = AutoModelForQuestionAnswering.from_pretrained(checkpoint, local_files_only=True)
+                teacher = model_class.from_pretrained(checkpoint, local_files_only=True)
             teacher.requires_grad_(False)
             ds_teacher, _, _, _ = deepspeed.initialize(model=teacher, config=config, dist_init_required=False)
         ds_teacher.module.eval()

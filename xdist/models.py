@@ -1,8 +1,11 @@
-"""Build the QA model (a ``transformers`` ``*ForQuestionAnswering``).
+"""Model construction shared by every task; a task supplies its ``AutoModelFor*`` class.
 
-* :func:`build_qa_model` — random init from a ``transformers`` config, or a local ``save_pretrained``
-  checkpoint. Under ZeRO-3 it goes through transformers' own ``zero.Init`` path, so each rank only
-  ever holds its partition of the weights.
+* :func:`build_model` — random init from a ``transformers`` config, or a local ``save_pretrained``
+  checkpoint, for a given auto class (QA: :func:`xdist.tasks.qa.model.build_qa_model`). Under ZeRO-3 it
+  goes through transformers' own ``zero.Init`` path, so each rank only ever holds its partition of the
+  weights.
+* :func:`load_pretrained` — exactly the weights of a ``save_pretrained`` directory (an export, a
+  teacher snapshot).
 
 Exporting, teacher snapshots and every other handling of (possibly ZeRO-3-partitioned) weights live in
 :mod:`xdist.weights`.
@@ -15,18 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForQuestionAnswering, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from xdist import distributed
 from xdist.config import ConfigError, ModelConfig
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _config_error(field: str, message: str) -> ConfigError:
     return ConfigError(f"config field 'model.{field}': {message}")
 
 
-def qa_model_config(cfg: ModelConfig, *, vocab_size: int, pad_token_id: int) -> PretrainedConfig:
+def model_config(cfg: ModelConfig, *, vocab_size: int, pad_token_id: int) -> PretrainedConfig:
     """The ``transformers`` config for random init: ``model_type`` defaults plus ``architecture`` overrides.
 
     Every ``architecture`` key must be an attribute of that config class (a typo would otherwise be
@@ -138,10 +139,11 @@ def _check_checkpoint_dir(path: str) -> Path:
     return directory
 
 
-def build_qa_model(
-    cfg: ModelConfig, *, vocab_size: int, pad_token_id: int, ds_config: dict | None = None
+def build_model(
+    cfg: ModelConfig, auto_class: Any, *, vocab_size: int, pad_token_id: int, ds_config: dict | None = None
 ) -> PreTrainedModel:
-    """Build the QA model: random init from ``cfg.model_type``/``cfg.architecture``, or ``cfg.checkpoint``.
+    """Build a model of ``auto_class`` (an ``AutoModelFor*``, chosen by the task): random init from
+    ``cfg.model_type``/``cfg.architecture``, or ``cfg.checkpoint``.
 
     ``vocab_size``/``pad_token_id`` come from the tokenizer. ``ds_config`` is the *resolved* DeepSpeed
     config (:func:`xdist.deepspeed_config.resolve_deepspeed_config`); with ZeRO-3 the model is created already
@@ -149,12 +151,12 @@ def build_qa_model(
     (or for stages 0-2) every rank builds the full model in fp32; DeepSpeed casts it for bf16.
 
     A checkpoint is loaded with ``local_files_only=True`` (never the hub); it may be a bare encoder (e.g.
-    ``BertForMaskedLM``): the QA head is then newly initialised, which is logged.
+    ``BertForMaskedLM``): the task's head is then newly initialised, which is logged.
     """
     if cfg.checkpoint is None:
-        config = qa_model_config(cfg, vocab_size=vocab_size, pad_token_id=pad_token_id)
+        config = model_config(cfg, vocab_size=vocab_size, pad_token_id=pad_token_id)
         with zero3_construction(ds_config):
-            return AutoModelForQuestionAnswering.from_config(config)
+            return auto_class.from_config(config)
 
     if cfg.architecture:
         raise _config_error(
@@ -173,7 +175,7 @@ def build_qa_model(
         )
     _apply_dropout(config, cfg.dropout)
     with zero3_construction(ds_config):
-        model, info = AutoModelForQuestionAnswering.from_pretrained(
+        model, info = auto_class.from_pretrained(
             directory, config=config, local_files_only=True, output_loading_info=True
         )
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
@@ -184,3 +186,14 @@ def build_qa_model(
 
 def _is_rank0() -> bool:
     return not distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def load_pretrained(
+    auto_class: Any, checkpoint: str | os.PathLike, *, ds_config: dict | None = None
+) -> PreTrainedModel:
+    """Exactly the weights of a ``save_pretrained`` directory as a model of ``auto_class`` (local files only).
+
+    Under a ZeRO-3 ``ds_config`` the model is loaded straight into partitions.
+    """
+    with zero3_construction(ds_config):
+        return auto_class.from_pretrained(checkpoint, local_files_only=True)

@@ -25,7 +25,7 @@ from xdist.config import ModelConfig, TrainConfig
 from xdist.deepspeed_config import resolve_deepspeed_config
 from xdist.distributed import DistEnv, setup_distributed
 from xdist.engine import Engine, normalize_summed_loss
-from xdist.models import build_qa_model
+from xdist.tasks.qa.model import build_qa_model
 from xdist.weights import iter_full_parameters
 
 VOCAB, SEQ = 1000, 32

@@ -19,8 +19,8 @@ from xdist.compare import (
     wilcoxon_paired,
     write_comparison,
 )
-from xdist.data.examples import Answer, QAExample
 from xdist.evaluation import EvalResult, evaluate_predictions, write_report
+from xdist.tasks.qa.examples import Answer, QAExample
 
 # A hyphenated language code checks that uids ("<id>/<q>-<c>") are assigned to cells without splitting on '-'.
 LANGUAGES = ("en", "el", "pt-br")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xdist.data.examples import Answer, QAExample
 from xdist.evaluation import EvalSummary, evaluate_predictions, heatmap_image, write_report
+from xdist.tasks.qa.examples import Answer, QAExample
 
 
 def ex(qid: str, q: str, c: str, gold: str) -> QAExample:

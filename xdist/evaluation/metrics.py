@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xdist.data.examples import Cell, QAExample, QAFeature, cell_name
 from xdist.evaluation.decode import decode_predictions
 from xdist.evaluation.normalize import Normalizer, Scheme, normalizer_for
+from xdist.tasks.qa.examples import Cell, QAExample, QAFeature, cell_name
 
 
 def _token_f1(predicted_tokens: list[str], gold_tokens: list[str]) -> float:

@@ -25,8 +25,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from xdist.data.examples import cell_name
 from xdist.evaluation.metrics import EvalResult, EvalSummary
+from xdist.tasks.qa.examples import cell_name
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 

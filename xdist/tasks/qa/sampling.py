@@ -31,7 +31,7 @@ What differs from their code, on purpose:
   record": with ``data.bad_records: skip`` a pair whose context record (or question) was skipped is left
   out (and counted), but the draw itself is unaffected. With the default ``error`` there is no difference.
 
-The readers apply this in :func:`xdist.data.readers.read_source`; this module holds the draw, the
+The readers apply this in :func:`xdist.tasks.qa.readers.read_source`; this module holds the draw, the
 report of what was drawn (:class:`SamplingReport`, logged and written into the shard manifest). The index
 of per-epoch shard sets that ``xdist prepare`` writes and the training stream reads is
 :mod:`xdist.data.epochs`.
@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from xdist.config import SamplingConfig
-from xdist.data.examples import Cell, cell_name
+from xdist.tasks.qa.examples import Cell, cell_name
 
 # --------------------------------------------------------------------------------------------------
 # The draw

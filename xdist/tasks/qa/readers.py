@@ -19,7 +19,7 @@ Decisions (also in the README of the data layer):
 * **Every example needs at least one answer.** SQuAD v1.1 has no unanswerable questions: training
   needs a target, and the v1.1 EM/F1 script takes a maximum over the gold answers. An empty answer
   list (or ``is_impossible: true``, SQuAD v2) is a bad record. Several answers are kept (evaluation
-  scores against all of them; :mod:`xdist.data.features` trains on the first, as SQuAD v1.1 train files
+  scores against all of them; :mod:`xdist.tasks.qa.features` trains on the first, as SQuAD v1.1 train files
   have exactly one).
 * **Bad records** (an answer whose ``context[answer_start:answer_start+len(text)]`` is not its text, a
   question record with a missing or mistyped field, no answers) stop the read with a :class:`DataError`
@@ -33,7 +33,7 @@ Decisions (also in the README of the data layer):
 * **Article split** (``articles: train|eval``): see :func:`split_titles`.
 * ``max_examples`` keeps the first N examples of each cell in file order (after the article filter
   and skipped records), so parallel cells keep the same ids.
-* **Cross-lingual sampling** (``sampling``, ``xquad`` only; :mod:`xdist.data.sampling`): instead of a
+* **Cross-lingual sampling** (``sampling``, ``xquad`` only; :mod:`xdist.tasks.qa.sampling`): instead of a
   fixed list of cells, every question id contributes the pairs of its own drawn language set. Examples
   then come question by question (in the first language's file order); ``max_examples`` counts
   questions. A question's article side is decided once for the id: parallel files that put the same id
@@ -53,9 +53,9 @@ from pathlib import Path
 from typing import Any
 
 from xdist.config import DataConfig, SourceConfig, TitleSplitConfig, expand_env
-from xdist.data.examples import Answer, Cell, QAExample
-from xdist.data.sampling import SamplingReport, question_cells, question_languages
 from xdist.data.sources import DataError, SkipReport, is_remote, join_root, resolve_path
+from xdist.tasks.qa.examples import Answer, Cell, QAExample
+from xdist.tasks.qa.sampling import SamplingReport, question_cells, question_languages
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class _Read:
     skipped: SkipReport = field(default_factory=SkipReport)
     notes: list[str] = field(default_factory=list)
     epoch: int = 0
-    """Epoch of a per-epoch sampling draw (see :mod:`xdist.data.sampling`)."""
+    """Epoch of a per-epoch sampling draw (see :mod:`xdist.tasks.qa.sampling`)."""
     sampling: SamplingReport | None = None
 
     def fail(self, message: str) -> DataError:
@@ -592,7 +592,7 @@ def read_source(source: SourceConfig, data: DataConfig, *, epoch: int = 0) -> Re
     """Read one QA source into examples, one block per (question language, context language) cell.
 
     With ``source.sampling`` the examples are the cross-lingual sample instead (question by question,
-    see :mod:`xdist.data.sampling`), drawn for ``epoch`` when ``sampling.per_epoch`` (else ``epoch`` is
+    see :mod:`xdist.tasks.qa.sampling`), drawn for ``epoch`` when ``sampling.per_epoch`` (else ``epoch`` is
     ignored), and :attr:`ReadResult.sampling` reports what was drawn.
 
     ``source.path`` is resolved against ``data.root`` (see :func:`resolve_path`; ``${VAR}`` references

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from xdist.config import JobConfig
 from xdist.distributed import DistEnv, all_gather_object
+from xdist.errors import ConfigValueError, MissingPathError
 from xdist.evaluation import EvalResult, heatmap_image, write_report
 from xdist.tasks import EvalData, Task, get_task
 
@@ -98,19 +99,21 @@ def evaluate_checkpoint(cfg: JobConfig, checkpoint: str, *, out_dir: str | None 
     """``xdist eval``: load an exported Hugging Face checkpoint of ``cfg.task`` and evaluate it on ``cfg.eval.sets``.
 
     Runs on every rank of the job (each rank forwards a share of the features); the main rank writes
-    the report to ``out_dir`` (default ``<checkpoint>/eval``) and returns the metrics.
+    the report to ``out_dir`` and returns the metrics. The default ``out_dir`` is ``eval/<checkpoint name>``
+    beside the checkpoint (``runs/demo/eval/export`` for ``runs/demo/export``): next to the run's own
+    evaluations, never inside the checkpoint, which stays a clean ``save_pretrained`` directory.
     """
     from xdist.data.tokenizer import load_tokenizer
     from xdist.distributed import setup_distributed
     from xdist.monitor import setup_logging
 
     if not cfg.eval.sets:
-        raise ValueError("config field 'eval.sets': nothing to evaluate; add at least one source")
+        raise ConfigValueError("config field 'eval.sets': nothing to evaluate; add at least one source")
     path = Path(checkpoint)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--checkpoint {checkpoint!r}: expected an exported model directory with config.json "
-            "(train writes one to <output_dir>/export)"
+        raise MissingPathError(
+            f"--checkpoint {checkpoint!r}: not an exported model directory (no config.json in it); point it at "
+            "a save_pretrained directory such as <train.output_dir>/export"
         )
     dist = setup_distributed()
     setup_logging(dist.rank)
@@ -118,7 +121,7 @@ def evaluate_checkpoint(cfg: JobConfig, checkpoint: str, *, out_dir: str | None 
     task = get_task(cfg.task)
     model = task.build_model(cfg.model, tokenizer=tokenizer, checkpoint=path).to(dist.device).eval()
     evaluator = Evaluator(cfg, tokenizer, dist, task)
-    out = Path(out_dir) if out_dir else path / "eval"
+    out = Path(out_dir) if out_dir else path.resolve().parent / "eval" / path.resolve().name
     metrics = evaluator.run(model, out)
     if dist.is_main and metrics:
         for name, summary in metrics.get("summary", {}).items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import subprocess
 import time
@@ -38,6 +39,7 @@ from xdist.engine import Engine
 from xdist.evaluate import Evaluator
 from xdist.methods import MethodContext, build_method, method_class
 from xdist.monitor import Monitor, Throughput, flatten, setup_logging
+from xdist.rundir import claim_output_dir
 from xdist.tasks import get_task
 
 log = logging.getLogger("xdist.train")
@@ -99,8 +101,14 @@ def mean_over_ranks(values: list[float], dist: DistEnv) -> list[float]:
     return tensor.tolist()
 
 
-def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data.shards`` with ``cfg.train``; evaluate on ``cfg.eval``."""
+def train(cfg: JobConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data.shards`` with ``cfg.train``; evaluate on ``cfg.eval``.
+
+    A directory that already holds a run is refused unless ``resume`` or ``overwrite``
+    (:func:`claim_output_dir`).
+    """
+    claim_output_dir(Path(cfg.train.output_dir), resume=resume, overwrite=overwrite,
+                     rank=int(os.environ.get("RANK", "0")))
     dist = setup_distributed()
     setup_logging(dist.rank)
     tcfg = cfg.train
@@ -151,8 +159,6 @@ def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
     monitor = Monitor(out, enabled=dist.is_main)
     if dist.is_main:
         write_run_info(cfg, ds_config, out)
-        if not resume:  # a fresh run in a reused directory starts a fresh loss curve
-            (out / "train_log.jsonl").unlink(missing_ok=True)
         n_params = sum(p.numel() for p in engine.module.parameters())
         log.info("model: %s, %.1fM parameters (as seen on rank 0)", type(engine.module).__name__, n_params / 1e6)
 

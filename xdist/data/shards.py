@@ -47,6 +47,7 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from xdist.data.tokenizer import tokenizer_directory
+from xdist.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ _KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 _KEY_MAX_ESCAPED = 120
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """Shards or their manifest are missing, malformed or do not match what the caller expects."""
 
 

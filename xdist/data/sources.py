@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xdist.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Raw data is missing, malformed or inconsistent; the message names the file and the record or field."""
 
 

@@ -66,6 +66,7 @@ from xdist.data.shards import (
     raw_samples,
     tokenizer_fingerprint,
 )
+from xdist.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ QA's ``input_ids``, ``attention_mask``, ``token_type_ids`` [B, L] and ``start_po
 ``end_positions`` [B]), plus ``keys`` and ``groups`` (lists of B strings: sample keys and groups)."""
 
 
-class StreamError(ValueError):
+class StreamError(UserError, ValueError):
     """The stream cannot be planned or resumed as asked; the message says why and what to change."""
 
 

@@ -8,7 +8,9 @@ language) cell, G-XLT and XLT (:mod:`xdist.evaluation`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,22 @@ import torch.nn.functional as F
 
 from xdist.config import DataConfig, EvalConfig, FeatureConfig, JobConfig, ModelConfig, SourceConfig
 from xdist.data.shards import ShardRecord
+from xdist.errors import ConfigValueError
 from xdist.tasks.base import EvalData, SourceRead
 from xdist.tasks.qa.examples import QAExample
 from xdist.tasks.qa.features import MODEL_INPUTS, FeatureStats, featurize, iter_features, shard_record
 from xdist.tasks.qa.model import build_qa_model, load_qa_model
 from xdist.tasks.qa.readers import read_source
+
+log = logging.getLogger("xdist.eval")
+
+
+@dataclass
+class QAEvalData(EvalData):
+    """A QA evaluation set: :class:`EvalData` plus how its answers are normalised."""
+
+    scoring: str = "squad"
+    """Answer normalisation of the scores (``eval.sets[].metric``, or the format's default)."""
 
 
 class QATask:
@@ -47,13 +60,25 @@ class QATask:
         for feature in iter_features(examples, tokenizer, features, stats):
             yield shard_record(feature)
 
-    def eval_data(self, source: SourceConfig, cfg: JobConfig, tokenizer: Any) -> EvalData:
+    def eval_data(self, source: SourceConfig, cfg: JobConfig, tokenizer: Any) -> QAEvalData:
+        from xdist.evaluation.normalize import normalizer_for
+
         read = self.read(source, cfg.data)
+        index = next((i for i, s in enumerate(cfg.eval.sets) if s is source), "?")
+        for language in sorted({e.context_lang for e in read.examples}):
+            try:  # a scoring rule that cannot apply is a config error now, not after training
+                normalizer_for(language, source.scoring)
+            except ValueError as err:
+                raise ConfigValueError(f"config field 'eval.sets[{index}].metric' (set {source.name!r}): {err}; "
+                                       "use metric: squad for this set") from None
+        if read.skipped.total:
+            log.warning("eval set %s: %s", source.name, read.skipped.summary())
         featurized = featurize(read.examples, tokenizer, cfg.features)
         features = featurized.features
         inputs = {name: np.asarray([getattr(f, name) for f in features], dtype=np.int64).reshape(len(features), -1)
                   for name in MODEL_INPUTS}
-        return EvalData(name=source.name, inputs=inputs, examples=read.examples, features=features)
+        return QAEvalData(name=source.name, inputs=inputs, examples=read.examples, features=features,
+                          scoring=source.scoring)
 
     # ---- model ------------------------------------------------------------------------------------
 
@@ -87,8 +112,8 @@ class QATask:
 
     # ---- evaluation -------------------------------------------------------------------------------
 
-    def score(self, data: EvalData, logits: np.ndarray, cfg: EvalConfig) -> Any:
+    def score(self, data: QAEvalData, logits: np.ndarray, cfg: EvalConfig) -> Any:
         from xdist.evaluation import evaluate_qa  # matplotlib and scipy load only when scoring
 
         return evaluate_qa(data.examples, data.features, logits[:, 0], logits[:, 1], name=data.name,
-                           n_best=cfg.n_best, max_answer_length=cfg.max_answer_length)
+                           n_best=cfg.n_best, max_answer_length=cfg.max_answer_length, scheme=data.scoring)

@@ -23,10 +23,14 @@ from tqdm.auto import tqdm
 from xdist.config import JobConfig
 from xdist.distributed import DistEnv, all_gather_object
 from xdist.errors import ConfigValueError, MissingPathError
-from xdist.evaluation import EvalResult, heatmap_image, write_report
+from xdist.evaluation import EvalResult, figure_image, figure_of, write_report
 from xdist.tasks import EvalData, Task, get_task
 
 log = logging.getLogger("xdist.eval")
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 class Evaluator:
@@ -83,14 +87,16 @@ class Evaluator:
             return None
         files = write_report(results, out_dir, heatmap=self.cfg.eval.heatmap)
         for result in results.values():
-            xlt = f"{result.xlt.f1:.2f}" if result.xlt else "-"
-            log.info("eval %s step %d: G-XLT F1 %.2f EM %.2f | XLT F1 %s | %d cells", result.name, step,
-                     result.g_xlt.f1, result.g_xlt.exact_match, xlt, len(result.cells))
+            values = " | ".join(f"{label} {_number(result.summary.get(key))}"
+                                for key, label in result.view.columns.items())
+            log.info("eval %s step %d: %s | %d %ss", result.name, step, values, len(result.groups),
+                     result.view.group_kind)
         if monitor is not None:
             for result in results.values():
                 monitor.scalars(step, result.scalars(prefix="eval"))
                 if self.cfg.eval.heatmap:
-                    monitor.image(f"eval/{result.name}/g_xlt_heatmap", heatmap_image(result), step)
+                    monitor.image(f"eval/{result.name}/{result.view.figure_tag}", figure_image(figure_of(result)),
+                                  step)
             monitor.flush()
         return json.loads(files.metrics.read_text())
 

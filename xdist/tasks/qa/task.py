@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from xdist.tasks.qa.examples import QAExample
 from xdist.tasks.qa.features import MODEL_INPUTS, FeatureStats, featurize, iter_features, shard_record
 from xdist.tasks.qa.model import build_qa_model, load_qa_model
 from xdist.tasks.qa.readers import read_source
+
+if TYPE_CHECKING:
+    from xdist.evaluation.result import EvalResult
 
 log = logging.getLogger("xdist.eval")
 
@@ -112,8 +115,8 @@ class QATask:
 
     # ---- evaluation -------------------------------------------------------------------------------
 
-    def score(self, data: QAEvalData, logits: np.ndarray, cfg: EvalConfig) -> Any:
+    def score(self, data: QAEvalData, logits: np.ndarray, cfg: EvalConfig) -> EvalResult:
         from xdist.evaluation import evaluate_qa  # matplotlib and scipy load only when scoring
 
         return evaluate_qa(data.examples, data.features, logits[:, 0], logits[:, 1], name=data.name,
-                           n_best=cfg.n_best, max_answer_length=cfg.max_answer_length, scheme=data.scoring)
+                           n_best=cfg.n_best, max_answer_length=cfg.max_answer_length, scheme=data.scoring).result()

@@ -58,7 +58,7 @@ class Evaluator:
         mine += [mine[-1]] * (per_rank - len(mine))
         parts = []
         batches = range(0, per_rank, batch_size)
-        for lo in tqdm(batches, desc="eval", disable=not dist.is_main, leave=False):
+        for lo in tqdm(batches, desc="eval", disable=None if dist.is_main else True, leave=False):
             idx = mine[lo : lo + batch_size]
             batch = {name: torch.from_numpy(rows[idx]).to(dist.device) for name, rows in data.inputs.items()}
             parts.append(self.task.logits(forward, batch).float().cpu().numpy())

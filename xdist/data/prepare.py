@@ -308,7 +308,9 @@ def _prepare_set(
             for kind, report in result.reports.items():
                 meta.feature_stats.setdefault(kind, {})[source.name] = report
             stats = task.new_feature_stats()
-            examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example", disable=not progress)
+            # disable=None: no bar when stderr is not a terminal (a log file gets the summary lines only).
+            examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example",
+                            disable=None if progress else True)
             yield from task.shard_records(examples, tokenizer(), cfg.features, stats)
             stats_total.merge(stats)
             meta.feature_stats["per_source"][source.name] = stats.to_dict()

@@ -1,4 +1,4 @@
-"""Loading the Hugging Face fast tokenizer that every task featurises with (from a local directory only)."""
+"""Loading the Hugging Face fast tokenizer that every task featurises with (a local directory or a Hub id)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,25 @@ from typing import TYPE_CHECKING
 
 from xdist.config import expand_env
 from xdist.data.sources import DataError
+from xdist.hub import resolve_pretrained
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 
 def tokenizer_directory(path: str | Path) -> Path:
-    """The local directory ``path`` names, with ``${VAR}`` references and ``~`` expanded.
+    """The local directory ``path`` names, with ``${VAR}`` references and ``~`` expanded; a Hugging Face Hub
+    id (``bert-base-multilingual-cased``) becomes its snapshot in the Hub cache (:mod:`xdist.hub`).
 
     A FeatureConfig built in code keeps its ``${XDIST_DATA:-...}`` default unexpanded (YAML-loaded ones are
     expanded), so whatever reads the tokenizer's files (loading, fingerprinting) resolves the path here.
     """
-    return Path(expand_env(str(path), "features.tokenizer")).expanduser()
+    return resolve_pretrained(expand_env(str(path), "features.tokenizer"), field="features.tokenizer",
+                              kind="tokenizer")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a Hugging Face *fast* tokenizer from a local directory, never from the Hub.
+    """Load a Hugging Face *fast* tokenizer from a local directory or a Hub id (see :func:`tokenizer_directory`).
 
     Raises :class:`DataError` when the directory does not exist, cannot be loaded, holds a slow (Python)
     tokenizer (character offsets need a fast one, i.e. a ``tokenizer.json``), or has no padding token.

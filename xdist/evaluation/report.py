@@ -124,19 +124,38 @@ def heatmap_figure(result: Any, metric: str | None = None) -> Figure:
     result = as_result(result)
     metric = metric or result.view.group_metric
     label = result.view.group_label if metric == result.view.group_metric else metric
-
-    def annotate(row: int, column: int, value: float) -> tuple[str, str]:
-        # Dark text on the bright (high) end of viridis, light text on the dark end.
-        return f"{value:.1f}", "black" if value > 60 else "white"
-
     matrix = result.matrix
     if matrix is None or matrix.rows != matrix.columns:
         raise ValueError(f"evaluation set {result.name!r} has no square matrix to draw")
+    values = result.grid(metric)
+    low, high = fitted_limits(values)
+
+    def annotate(row: int, column: int, value: float) -> tuple[str, str]:
+        # Dark text on the bright (high) end of viridis, light text on the dark end.
+        return f"{value:.1f}", "black" if value > low + 0.6 * (high - low) else "white"
+
     return matrix_figure(
-        result.grid(metric), matrix.rows, f"{result.name}: {_headline(result, metric)}",
-        cmap="viridis", limits=(0.0, 100.0), label=label, annotate=annotate,
-        axis_names=(_axis_name(matrix.row_name), _axis_name(matrix.column_name)),
+        values, matrix.rows, f"{result.name}: {_headline(result, metric)}",
+        cmap="viridis", limits=(low, high), label=f"{label} (scale fitted to the cells: {low:.1f} to {high:.1f})",
+        annotate=annotate, axis_names=(_axis_name(matrix.row_name), _axis_name(matrix.column_name)),
     )
+
+
+def fitted_limits(values: np.ndarray) -> tuple[float, float]:
+    """Colour limits spanning the finite cells, so cells that differ get visibly different colours.
+
+    A fixed 0-100 scale paints a matrix of 4-7 F1 (a model that learnt little) in one colour. The limits
+    are the cells' minimum and maximum, widened to at least one point (a constant matrix) and kept in
+    [0, 100]; the colour bar shows them.
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 100.0
+    low, high = float(finite.min()), float(finite.max())
+    if high - low < 1.0:
+        middle = (high + low) / 2
+        low, high = middle - 0.5, middle + 0.5
+    return max(low, 0.0), min(high, 100.0)
 
 
 def bar_figure(result: Any, metric: str | None = None) -> Figure:

@@ -164,7 +164,7 @@ def build_classification_model(
 ) -> PreTrainedModel:
     """Random init from ``cfg.model_type``/``cfg.architecture``, or a local ``cfg.checkpoint``, with the head's
     auto class. Sequence classifiers get ``num_labels``, ``id2label`` and ``label2id`` from ``class_names``.
-    Under a ZeRO-3 ``ds_config`` the model is built partitioned (see :func:`xdist.models.build_qa_model`)."""
+    Under a ZeRO-3 ``ds_config`` the model is built partitioned (see :func:`xdist.models.build_model`)."""
     auto = model_class(head, choice)
     labels = {}
     if head == "classifier" and not choice:

@@ -185,7 +185,12 @@ def _demo(args: argparse.Namespace) -> int:
     data_dir = default_data_dir()
     for name in DEMO_SETS:
         fetch(name, data_dir, offline=True if args.offline else None)
-    overrides = [f"data.root={data_dir}", f"features.tokenizer={demo_tokenizer(data_dir)}", *args.overrides]
+    overrides = [f"data.root={data_dir}", f"features.tokenizer={demo_tokenizer(data_dir)}"]
+    deepspeed = load_config(config).train.deepspeed
+    if args.config is None and deepspeed and not os.path.isabs(deepspeed):
+        # The repository's demo names configs/deepspeed/... relative to the checkout: run from anywhere.
+        overrides.append(f"train.deepspeed={Path(config).resolve().parents[1] / deepspeed}")
+    overrides += args.overrides
     sets = [item for override in overrides for item in ("--set", override)]
     overwrite = ["--overwrite"] if args.overwrite else []
     cfg = load_config(config, overrides)

@@ -45,7 +45,7 @@ def _fail(path: str, message: str) -> typing.NoReturn:
 @dataclass
 class SamplingConfig:
     """Cross-lingual sampling (Carrino et al., "CLS"): which (question, context) language pairs each
-    question of a parallel source contributes. See :mod:`xdist.data.sampling` for the exact rule."""
+    question of a parallel source contributes. See :mod:`xdist.tasks.qa.sampling` for the exact rule."""
 
     ntl: int = 5
     """Number of target languages drawn per question, uniformly without replacement. Pivot-centric: ntl
@@ -444,6 +444,12 @@ class MethodConfig:
 @dataclass
 class JobConfig:
     """A whole job: data → features → shards → model → DeepSpeed training → evaluation."""
+
+    task: Literal["qa", "classification"] = "qa"
+    """The task family (:mod:`xdist.tasks`): ``qa`` (extractive QA: SQuAD-format sources, span logits,
+    EM/F1 per G-XLT cell) or ``classification`` (sentence-pair classification: XNLI, PAWS-X, XCOPA).
+    It decides how sources are read and featurised, the model head, the loss and the evaluation; a
+    ``method.name`` that does not support it is an error."""
 
     data: DataConfig = field(default_factory=DataConfig)
     """Raw sources, article split and shards."""

@@ -33,11 +33,10 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
 from xdist.branched import branched_from_standard
-from xdist.data.features import load_tokenizer
+from xdist.data.tokenizer import load_tokenizer
 from xdist.distributed import DistEnv
-from xdist.methods.base import model_inputs
 from xdist.methods.mblm.config import BranchesConfig, MBLMConfig
-from xdist.methods.mblm.method import MBLM
+from xdist.methods.mblm.method import MBLM, model_inputs
 from xdist.methods.mblm.teachers import fingerprint, teacher_loader
 from xdist.methods.teacher_cache import MultiTeacherCache
 from xdist.tasks.classification.config import ClassificationSourceConfig

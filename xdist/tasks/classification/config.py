@@ -198,11 +198,6 @@ class PromptConfig:
     word's logit is its first sub-token's), ``mean`` (the mean of its sub-tokens' logits at the one mask).
     ALSACE's code multiplies sub-token logits; a product of logits is not a score, so it is not offered."""
 
-    loss: Literal["classes", "vocab"] = "classes"
-    """Hard-label loss of the prompt head: cross-entropy over the class logits (``classes``), or over the
-    full vocabulary at the mask with the gold class's first label word as target (``vocab``: ALSACE's
-    stage 0, Hugging Face's MaskedLM loss)."""
-
     def __post_init__(self) -> None:
         if self.template is not None and self.template.count("{mask}") != 1:
             _fail("template", f"expected exactly one {{mask}}, got {self.template!r}")

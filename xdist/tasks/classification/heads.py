@@ -9,8 +9,8 @@
   weights, ``save_pretrained`` and plain ``transformers`` loading are untouched. Class logits are those
   MLM logits gathered at the verbalizer's token ids (:mod:`xdist.tasks.classification.verbalizer`). The
   verbalizer travels *in the batch* (``verbalizer_ids [K]``, ``verbalizer_weights [C, K]`` per row, written
-  by the featuriser), so the logits of a batch need nothing but the model and the batch. Choice tasks score each choice with a binary
-  (wrong, right) verbalizer: a choice's score is ``logit(right) - logit(wrong)``.
+  by the featuriser), so the logits of a batch need nothing but the model and the batch. Choice tasks score
+  each choice with a binary (wrong, right) verbalizer: a choice's score is ``logit(right) - logit(wrong)``.
 
 The API other methods build on (ALSACE's consistency loss, MBLM's branches)::
 

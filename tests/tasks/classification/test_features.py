@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xdist.config import ConfigError
-from xdist.tasks.classification.config import DEFAULT_TEMPLATES, PromptConfig
+from xdist.config import ConfigError, PromptConfig
 from xdist.tasks.classification.examples import IGNORE_LABEL, ClassificationExample
 from xdist.tasks.classification.features import (
     PromptTemplate,
@@ -17,6 +16,7 @@ from xdist.tasks.classification.features import (
     encode_prompts,
     longest_first,
 )
+from xdist.tasks.classification.formats import DEFAULT_TEMPLATES
 from xdist.tasks.classification.verbalizer import build_verbalizer
 
 XNLI = PromptTemplate.parse(DEFAULT_TEMPLATES["xnli"], choice=False)

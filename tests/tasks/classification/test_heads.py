@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xdist.config import ConfigError, ModelConfig
-from xdist.tasks.classification.config import DEFAULT_TEMPLATES, DEFAULT_VERBALIZERS, PromptConfig
+from xdist.config import ConfigError, ModelConfig, PromptConfig
 from xdist.tasks.classification.examples import ClassificationExample
 from xdist.tasks.classification.features import (
     PromptTemplate,
@@ -17,6 +16,7 @@ from xdist.tasks.classification.features import (
     encode_pairs,
     encode_prompts,
 )
+from xdist.tasks.classification.formats import DEFAULT_TEMPLATES, DEFAULT_VERBALIZERS
 from xdist.tasks.classification.heads import (
     build_classification_model,
     class_logits,

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xdist.config import ConfigError
-from xdist.tasks.classification.config import PromptConfig
+from xdist.config import ConfigError, PromptConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -101,3 +101,36 @@ def test_optimising_the_loss_pulls_the_languages_together(direction):
         method.step(model, batch).loss.backward()
         optimizer.step()
     assert kl() < 0.5 * before, (before, kl())
+
+
+def test_probabilities_votes_file_and_selection_outputs(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from xdist.distributed import DistEnv
+    from xdist.methods.alsace.selection import select_teachers
+    from xdist.methods.alsace.vote import predict_probabilities, read_votes, write_selection_outputs
+    from xdist.monitor import Monitor
+
+    rng = np.random.default_rng(4)
+    model = tiny_classifier(seed=5).eval()
+    languages = ["en", "de", "sw"]
+    features_by_lang = {lang: [features(rng, 0) for _ in range(7)] for lang in languages}
+    dist = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    probs = predict_probabilities(model, classifier_logits, features_by_lang, batch_size=4, dist=dist)
+    assert probs.shape == (3, 7, 3)
+    with torch.no_grad():
+        direct = torch.softmax(classifier_logits(model, collate(features_by_lang["de"])).double(), -1).numpy()
+    np.testing.assert_allclose(probs[1], direct, rtol=1e-6)
+    instances = [f"xnli:{i}" for i in range(7)]
+    selection = select_teachers(languages, probs, comparison=">=")
+    monitor = Monitor(tmp_path, enabled=True)
+    files = write_selection_outputs(selection, probs, instances, tmp_path / "selection", monitor=monitor)
+    monitor.close()
+    votes, langs, ids = read_votes(files["votes"])
+    assert langs == languages and ids == instances and np.array_equal(votes, probs)
+    # The report is consistent with the recorded predictions: recomputing from votes.npz gives it back.
+    assert select_teachers(langs, votes, comparison=">=").to_dict() == selection.to_dict()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "select/xi" in events.Tags()["scalars"] and "select/S" in events.Tags()["images"]
+    assert events.Scalars("select/R/de")[0].value == pytest.approx(selection.vote["per_language"]["de"]["R"])

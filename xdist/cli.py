@@ -116,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=2, help="ranks for the training measurement")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps to time")
 
+    p = _subcommand(sub, "data", "fetch the public data sets and tokenizer the recipes read, or list them")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = _subcommand(data, "fetch", "download, verify (sha256) and unpack data sets into the data directory")
+    q.add_argument("names", nargs="+", metavar="NAME",
+                   help="data sets to fetch ('all' for every one; see 'xdist data list')")
+    q.add_argument("--dir", default=None,
+                   help="data directory (default: $XDIST_DATA, else ~/.cache/xdist/data); recipes read data.root")
+    q.add_argument("--offline", action="store_true",
+                   help="never download; fail if a set is missing (also: XDIST_OFFLINE=1)")
+    _subcommand(data, "list", "list the data sets 'xdist data fetch' knows, and whether each is in the data directory")
+
     p = _subcommand(sub, "compare", "compare runs' evaluations: G-XLT/XLT, per-cell F1, Wilcoxon tests")
     p.add_argument("runs", nargs="+", metavar="RUN_OR_REPORT_DIR",
                    help="training output dir (its eval/final) or report dir (has metrics.json); two or more")
@@ -127,6 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level")
     p.add_argument("--per-cell", action="store_true", help="also test every (question, context) cell")
     return parser
+
+
+def _data(args: argparse.Namespace) -> int:
+    """``xdist data fetch|list``."""
+    from xdist.data.fetch import REGISTRY, default_data_dir, fetch, missing_targets
+    from xdist.monitor import setup_logging
+
+    setup_logging()
+    root = Path(getattr(args, "dir", None) or default_data_dir()).expanduser()
+    if args.data_command == "list":
+        for dataset in REGISTRY.values():
+            state = "missing" if missing_targets(dataset, root) else "present"
+            print(f"{dataset.name:16} {state:8} {', '.join(dataset.targets):38} {dataset.summary}")
+        print(f"(data directory: {root})")
+        return 0
+    names = list(REGISTRY) if "all" in args.names else list(dict.fromkeys(args.names))
+    for name in names:
+        fetch(name, root, offline=True if args.offline else None)
+    print(f"data directory: {root} (recipes read it through data.root; set XDIST_DATA={root} if it is not the default)")
+    return 0
 
 
 def _in_launch() -> bool:
@@ -251,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     for key, value in _CPU_ENV.items():
         os.environ.setdefault(key, value)
+
+    if args.command == "data":
+        return _data(args)
 
     if args.command == "compare":
         from xdist.compare import run_compare

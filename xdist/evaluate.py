@@ -28,6 +28,7 @@ from xdist.data.readers import read_source
 from xdist.distributed import DistEnv, all_gather_object
 from xdist.errors import ConfigValueError, MissingPathError
 from xdist.evaluation import EvalResult, evaluate_qa, heatmap_image, write_report
+from xdist.evaluation.normalize import normalizer_for
 from xdist.methods.base import MODEL_INPUTS
 
 log = logging.getLogger("xdist.eval")
@@ -40,6 +41,8 @@ class EvalSet:
     name: str
     examples: list[QAExample]
     features: list[QAFeature]
+    scoring: str = "squad"
+    """Answer normalisation of the scores (``eval.sets[].metric``, or the format's default)."""
 
 
 def _feature_tensors(features: list[QAFeature], device: torch.device) -> dict[str, torch.Tensor]:
@@ -56,12 +59,18 @@ class QAEvaluator:
         self.cfg = cfg
         self.dist = dist
         self.sets: list[EvalSet] = []
-        for source in cfg.eval.sets:
+        for index, source in enumerate(cfg.eval.sets):
             read = read_source(source, cfg.data)
+            for language in sorted({e.context_lang for e in read.examples}):
+                try:  # a scoring rule that cannot apply is a config error now, not after training
+                    normalizer_for(language, source.scoring)
+                except ValueError as err:
+                    raise ConfigValueError(f"config field 'eval.sets[{index}].metric' (set {source.name!r}): {err}; "
+                                           "use metric: squad for this set") from None
             if read.skipped.total:
                 log.warning("eval set %s: %s", source.name, read.skipped.summary())
             featurized = featurize(read.examples, tokenizer, cfg.features)
-            self.sets.append(EvalSet(source.name, read.examples, featurized.features))
+            self.sets.append(EvalSet(source.name, read.examples, featurized.features, source.scoring))
             log.info(
                 "eval set %s: %d examples, %d features, %d cells",
                 source.name, len(read.examples), len(featurized.features),
@@ -110,6 +119,7 @@ class QAEvaluator:
                 results[eval_set.name] = evaluate_qa(
                     eval_set.examples, eval_set.features, start, end, name=eval_set.name,
                     n_best=self.cfg.eval.n_best, max_answer_length=self.cfg.eval.max_answer_length,
+                    scheme=eval_set.scoring,
                 )
         if not self.dist.is_main:
             return None

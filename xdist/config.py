@@ -81,6 +81,15 @@ QA_FORMATS = ("squad", "xquad", "mlqa", "tydiqa")
 CLASSIFICATION_FORMATS = ("xnli", "pawsx", "xcopa", "jsonl", "csv", "tsv", "hf")
 """Source formats of the ``classification`` task; the first three have fixed columns and class names."""
 
+BUILTIN_CLASS_NAMES = {
+    "xnli": ["entailment", "neutral", "contradiction"],
+    "pawsx": ["0", "1"],
+    "xcopa": ["choice1", "choice2"],
+}
+"""Class names, in id order, of the classification formats with fixed columns. XNLI's order is the Hugging
+Face ``xnli`` dataset's ClassLabel order; PAWS-X's are the raw 0/1 (1 = paraphrase); XCOPA's label is the
+correct choice."""
+
 CLASSIFICATION_FIELDS = ("text_a", "text_b", "label", "id", "premise", "choice1", "choice2", "question")
 """Our field names that ``columns`` maps to a generic classification source's column names."""
 
@@ -247,9 +256,9 @@ class SourceConfig:
         unknown = sorted(set(self.columns) - set(CLASSIFICATION_FIELDS))
         if unknown:
             _fail(f"columns.{unknown[0]}", f"unknown field; map any of {list(CLASSIFICATION_FIELDS)} to a column")
-        if self.format in ("xnli", "pawsx", "xcopa") and self.columns:
+        if self.format in BUILTIN_CLASS_NAMES and self.columns:
             _fail("columns", f"format {self.format!r} has fixed columns; 'columns' is for jsonl/csv/tsv/hf")
-        if self.format not in ("xnli", "pawsx", "xcopa") and self.labelled and not self.labels:
+        if self.format not in BUILTIN_CLASS_NAMES and self.labelled and not self.labels:
             _fail("labels", f"format {self.format!r} needs the class names in id order, e.g. [negative, positive]")
         if self.labels is not None and (not self.labels or len(set(self.labels)) != len(self.labels)):
             _fail("labels", f"expected distinct class names, got {self.labels}")
@@ -300,12 +309,6 @@ class FeatureConfig:
         for name in ("max_length", "doc_stride", "max_query_length"):
             if getattr(self, name) <= 0:
                 _fail(name, f"expected a positive integer, got {getattr(self, name)}")
-        if self.max_query_length + self.doc_stride + 3 >= self.max_length:
-            _fail(
-                "doc_stride",
-                f"max_query_length ({self.max_query_length}) + doc_stride ({self.doc_stride}) + 3 special "
-                f"tokens must be < max_length ({self.max_length})",
-            )
 
 
 @dataclass
@@ -604,6 +607,12 @@ class MethodConfig:
 class JobConfig:
     """A whole job: data → features → shards → model → DeepSpeed training → evaluation."""
 
+    task: Literal["qa", "classification"] = "qa"
+    """The task family (:mod:`xdist.tasks`): ``qa`` (extractive QA: SQuAD-format sources, span logits,
+    EM/F1 per G-XLT cell) or ``classification`` (sentence-pair classification: XNLI, PAWS-X, XCOPA).
+    It decides how sources are read and featurised, the model head, the loss and the evaluation; a
+    ``method.name`` that does not support it is an error."""
+
     data: DataConfig = field(default_factory=DataConfig)
     """Raw sources, article split and shards."""
 
@@ -621,6 +630,25 @@ class JobConfig:
 
     method: MethodConfig = field(default_factory=MethodConfig)
     """Training method (loss) and, for distillation, the teacher."""
+
+    def __post_init__(self) -> None:
+        formats = CLASSIFICATION_FORMATS if self.task == "classification" else QA_FORMATS
+        for kind, sources in (("data.train", self.data.train), ("eval.sets", self.eval.sets)):
+            for i, source in enumerate(sources):
+                if source.format not in formats:
+                    _fail(f"{kind}[{i}].format",
+                          f"task {self.task!r} reads formats {list(formats)}, got {source.format!r}; set 'task'")
+        if self.task == "classification":
+            if self.model.labels is None and (sources := self.data.train or self.eval.sets):
+                self.model.labels = list(sources[0].labels or BUILTIN_CLASS_NAMES[sources[0].format])
+            return
+        features = self.features
+        if features.max_query_length + features.doc_stride + 3 >= features.max_length:
+            _fail(
+                "features.doc_stride",
+                f"max_query_length ({features.max_query_length}) + doc_stride ({features.doc_stride}) + 3 special "
+                f"tokens must be < max_length ({features.max_length})",
+            )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,17 +5,16 @@ template and verbalizer. The fields themselves are :class:`xdist.config.SourceCo
 
 from __future__ import annotations
 
-from xdist.config import SourceConfig
+from xdist.config import BUILTIN_CLASS_NAMES, SourceConfig
 
 FORMAT_DEFAULTS: dict[str, dict] = {
-    "xnli": {"labels": ["entailment", "neutral", "contradiction"], "group_by": "text_a", "parallel": True},
-    "pawsx": {"labels": ["0", "1"], "group_by": "text_a", "parallel": True},
-    "xcopa": {"labels": ["choice1", "choice2"], "group_by": "instance", "parallel": True},
+    "xnli": {"labels": BUILTIN_CLASS_NAMES["xnli"], "group_by": "text_a", "parallel": True},
+    "pawsx": {"labels": BUILTIN_CLASS_NAMES["pawsx"], "group_by": "text_a", "parallel": True},
+    "xcopa": {"labels": BUILTIN_CLASS_NAMES["xcopa"], "group_by": "instance", "parallel": True},
 }
-"""Per built-in format: class names in id order, the group key and whether the languages are parallel.
-XNLI's order is the Hugging Face ``xnli`` dataset's ClassLabel order (entailment 0, neutral 1,
-contradiction 2); PAWS-X labels are the raw 0/1 (1 = paraphrase); XCOPA's label is the correct choice.
-PAWS-X groups by sentence1: PAWS builds several pairs from one source sentence."""
+"""Per built-in format: class names in id order (:data:`xdist.config.BUILTIN_CLASS_NAMES`), the group key
+and whether the languages are parallel. PAWS-X groups by sentence1: PAWS builds several pairs from one
+source sentence."""
 
 DEFAULT_TEMPLATES: dict[str, str] = {
     # ALSACE's XNLI template (template_id 2) without its six added prompt-filler tokens, which need

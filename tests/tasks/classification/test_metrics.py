@@ -98,3 +98,16 @@ def test_score_set_by_hand(tmp_path):
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0)
     files = write_set_report(result, tmp_path)
     assert files["chart"].is_file() and sorted(p.name for p in files["predictions"]) == ["de.jsonl", "en.jsonl"]
+
+
+def test_paired_mcnemar_per_language_and_overall():
+    from xdist.tasks.classification.metrics import paired_mcnemar
+
+    base = {"s:0/en": 1.0, "s:1/en": 0.0, "s:2/en": 1.0, "s:0/de": 0.0, "s:1/de": 0.0, "s:9/de": 1.0}
+    other = {"s:0/en": 0.0, "s:1/en": 1.0, "s:2/en": 1.0, "s:0/de": 1.0, "s:1/de": 1.0, "s:7/de": 1.0}
+    tests = paired_mcnemar(base, other)
+    assert list(tests) == ["en", "de", "all"]  # s:9/de and s:7/de are not paired
+    assert (tests["en"].only_a, tests["en"].only_b, tests["en"].both) == (1, 1, 1) and tests["en"].p_value == 1.0
+    assert (tests["de"].only_a, tests["de"].only_b) == (0, 2) and tests["de"].p_value == pytest.approx(0.5)
+    assert (tests["all"].only_a, tests["all"].only_b) == (1, 3)
+    assert tests["all"].p_value == pytest.approx(binomtest(1, 4, 0.5).pvalue)

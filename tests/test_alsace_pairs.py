@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from xdist.tasks.classification.config import DEFAULT_TEMPLATES, ClassificationSourceConfig
 
 from xdist.data.parallel import PairError
 from xdist.methods.alsace.config import PairsConfig
 from xdist.methods.alsace.pairs import build_pair_samples
 from xdist.methods.alsace.selection import select_teachers
+from xdist.tasks.classification.config import DEFAULT_TEMPLATES, ClassificationSourceConfig
 from xdist.tasks.classification.features import PromptTemplate, encode_prompts
 from xdist.tasks.classification.readers import read_classification_source
 

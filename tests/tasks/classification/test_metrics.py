@@ -79,35 +79,3 @@ def test_prediction_files(tmp_path):
                      "probabilities": [0.1, 0.2, 0.7]}
     de = json.loads((tmp_path / "de.jsonl").read_text())
     assert de["label"] is None and de["correct"] is None
-
-
-def test_score_set_by_hand(tmp_path):
-    from xdist.tasks.classification.examples import ClassificationExample
-    from xdist.tasks.classification.scoring import score_set, write_set_report
-
-    def ex(i, lang, label):
-        return ClassificationExample(instance=f"s:{i}", language=lang, text_a="a", text_b="b", label=label)
-
-    examples = [ex(0, "en", 0), ex(1, "en", 2), ex(0, "de", 0), ex(1, "de", 1), ex(2, "de", None)]
-    logits = np.array([[2.0, 1, 0], [0, 0, 1], [0, 3, 0], [1, 1, 0], [0, 0, 5]])  # row 3: a tie -> class 0
-    result = score_set("x", examples, logits, ["e", "n", "c"], pivot="en")
-    assert result.predictions.tolist() == [0, 2, 1, 0, 2]
-    assert result.scores.accuracy == {"en": 100.0, "de": 0.0}
-    assert result.examples == {"s:0/en": 1.0, "s:1/en": 1.0, "s:0/de": 0.0, "s:1/de": 0.0}
-    assert result.to_json()["transfer_gap"] == 100.0 and result.to_json()["counts"] == {"en": 2, "de": 2}
-    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0)
-    files = write_set_report(result, tmp_path)
-    assert files["chart"].is_file() and sorted(p.name for p in files["predictions"]) == ["de.jsonl", "en.jsonl"]
-
-
-def test_paired_mcnemar_per_language_and_overall():
-    from xdist.tasks.classification.metrics import paired_mcnemar
-
-    base = {"s:0/en": 1.0, "s:1/en": 0.0, "s:2/en": 1.0, "s:0/de": 0.0, "s:1/de": 0.0, "s:9/de": 1.0}
-    other = {"s:0/en": 0.0, "s:1/en": 1.0, "s:2/en": 1.0, "s:0/de": 1.0, "s:1/de": 1.0, "s:7/de": 1.0}
-    tests = paired_mcnemar(base, other)
-    assert list(tests) == ["en", "de", "all"]  # s:9/de and s:7/de are not paired
-    assert (tests["en"].only_a, tests["en"].only_b, tests["en"].both) == (1, 1, 1) and tests["en"].p_value == 1.0
-    assert (tests["de"].only_a, tests["de"].only_b) == (0, 2) and tests["de"].p_value == pytest.approx(0.5)
-    assert (tests["all"].only_a, tests["all"].only_b) == (1, 3)
-    assert tests["all"].p_value == pytest.approx(binomtest(1, 4, 0.5).pvalue)

@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xdist.config import ConfigError
-from xdist.data.readers import DataError
+from xdist.data.sources import DataError
 from xdist.tasks.classification.examples import IGNORE_LABEL, ClassificationExample, ClassificationFeature
-from xdist.tasks.classification.verbalizer import Verbalizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -261,23 +260,20 @@ def _encode_prompt_rows(
 
 def encode_prompts(
     examples: Sequence[ClassificationExample], tokenizer: PreTrainedTokenizerFast, max_length: int,
-    template: PromptTemplate, verbalizer: Verbalizer,
+    template: PromptTemplate,
 ) -> list[ClassificationFeature]:
-    """Prompt-head features of pair examples: the rendered template, ``mask_positions`` and the verbalizer's
-    arrays (:meth:`~xdist.tasks.classification.verbalizer.Verbalizer.arrays`)."""
+    """Prompt-head features of pair examples: the rendered template, with ``mask_positions``."""
     _check_kind(examples, choice=False)
     rows = [_slot_values(e, None) for e in examples]
     encoded = _encode_prompt_rows(rows, [e.source for e in examples], template, tokenizer, max_length)
-    verbal = verbalizer.arrays()
-    return [_feature(e, {**arrays, **verbal}) for e, arrays in zip(examples, encoded, strict=True)]
+    return [_feature(e, arrays) for e, arrays in zip(examples, encoded, strict=True)]
 
 
 def encode_choice_prompts(
     examples: Sequence[ClassificationExample], tokenizer: PreTrainedTokenizerFast, max_length: int,
-    template: PromptTemplate, verbalizer: Verbalizer,
+    template: PromptTemplate,
 ) -> list[ClassificationFeature]:
-    """Prompt-head features of choice examples: one rendered template per choice, stacked to ``[C, L]``, with
-    the (wrong, right) verbalizer's arrays."""
+    """Prompt-head features of choice examples: one rendered template per choice, stacked to ``[C, L]``."""
     _check_kind(examples, choice=True)
     rows, where, counts = [], [], []
     for e in examples:
@@ -285,12 +281,10 @@ def encode_choice_prompts(
         where += [e.source] * len(e.choices)
         counts.append(len(e.choices))
     encoded = _encode_prompt_rows(rows, where, template, tokenizer, max_length)
-    verbal = verbalizer.arrays()
     features, row = [], 0
     for e, count in zip(examples, counts, strict=True):
         chunk = encoded[row : row + count]
-        arrays = {name: np.stack([c[name] for c in chunk]) for name in chunk[0]}
-        features.append(_feature(e, {**arrays, **verbal}))
+        features.append(_feature(e, {name: np.stack([c[name] for c in chunk]) for name in chunk[0]}))
         row += count
     return features
 

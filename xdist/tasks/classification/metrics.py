@@ -183,21 +183,3 @@ def write_predictions(
         path.write_text("\n".join(rows) + "\n", encoding="utf-8")
         paths.append(path)
     return paths
-
-
-def language_of(uid: str) -> str:
-    """The language of a classification uid ``<source>:<key>/<lang>``."""
-    return uid.rsplit("/", 1)[-1]
-
-
-def paired_mcnemar(baseline: dict[str, float], other: dict[str, float]) -> dict[str, McNemar]:
-    """McNemar's exact test of two runs' per-example correctness (uid -> 1.0 / 0.0), on the uids both scored:
-    one test per language (in the baseline's order) and one over all of them (key ``"all"``)."""
-    common = [uid for uid in baseline if uid in other]
-    by_language: dict[str, list[str]] = {}
-    for uid in common:
-        by_language.setdefault(language_of(uid), []).append(uid)
-    tests = {}
-    for lang, uids in [*by_language.items(), ("all", common)]:
-        tests[lang] = mcnemar_exact([baseline[u] > 0.5 for u in uids], [other[u] > 0.5 for u in uids])
-    return tests

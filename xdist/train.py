@@ -272,7 +272,7 @@ def train(cfg: JobConfig, *, resume: bool = False, overwrite: bool = False) -> T
             f"hparam/{name}/{key}": value
             for name, row in (metrics or {}).get("summary", {}).items()
             for key, value in row.items()
-            if value is not None
+            if isinstance(value, int | float) and not isinstance(value, bool)  # not labels (a worst language)
         }
         monitor.hparams(flatten(to_dict(cfg.train), "train.") | flatten(to_dict(cfg.model), "model."), final)
     monitor.close()

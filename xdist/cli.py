@@ -1,4 +1,4 @@
-"""The xdist command line: prepare, train, eval, bench, compare.
+"""The xdist command line: prepare, train, eval, select-teachers, bench, compare.
 
 Thin on purpose: parse arguments, load the config, call the layer that does the work.
 
@@ -110,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="report directory (default: eval/<checkpoint name> beside the checkpoint, e.g. "
                         "runs/demo/eval/export for runs/demo/export)")
+
+    p = _subcommand(sub, "select-teachers",
+                    "ALSACE: choose teacher languages by the majority vote of a stage-0 checkpoint on data.train")
+    _common(p)
+    _launch_args(p)
+    p.add_argument("--checkpoint", required=True, help="the stage-0 model (an exported Hugging Face directory)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: the directory of method.alsace.selection.file, which is "
+                        "<train.output_dir>/selection unless set)")
 
     p = _subcommand(sub, "bench", "stream and training throughput of a config (prints a table)")
     _common(p)
@@ -374,7 +383,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         from xdist.rundir import claim_output_dir
 
         claim_output_dir(Path(cfg.train.output_dir), resume=args.resume, overwrite=args.overwrite, rank=0)
-    if args.command in ("train", "eval") and args.nproc and not _in_launch():
+    if args.command in ("train", "eval", "select-teachers") and args.nproc and not _in_launch():
         _resolve_hub_ids(cfg, with_model=args.command == "train")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # resolved above: ranks read the cache, not the Hub
         return _relaunch(args, argv)
@@ -385,7 +394,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         setup_logging()
 
         prepare(cfg, overwrite=args.overwrite)
-    elif args.command in ("train", "eval"):
+    elif args.command in ("train", "eval", "select-teachers"):
         _quiet_libraries()
         from xdist.distributed import cleanup
 
@@ -394,6 +403,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                 from xdist.train import train
 
                 train(cfg, resume=args.resume, overwrite=args.overwrite)
+            elif args.command == "select-teachers":
+                from xdist.methods.alsace.stages import select_teachers_job
+
+                select_teachers_job(cfg, args.checkpoint, out_dir=args.out)
             else:
                 from xdist.evaluate import evaluate_checkpoint
 

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write comparison.md, comparison.json and heatmaps here")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level")
     p.add_argument("--per-cell", action="store_true", help="also test every (question, context) cell")
+    p.add_argument("--selection", default=None, metavar="SELECTION_JSON",
+                   help="ALSACE: also report the teacher and student language groups of this selection file "
+                        "(baseline = before, each other run = after; writes groups.json/groups.md with --out)")
     return parser
 
 
@@ -232,6 +235,23 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     # save_pretrained's "Writing model shards" bar for a one-file export, drawn again at every export.
     hf_logging.disable_progress_bar()
+
+
+def _alsace_groups(comparison, selection_path: str, out: str | None) -> None:
+    """``xdist compare --selection``: the teacher/student group view of the comparison, printed and written."""
+    import json
+
+    from xdist.methods.alsace.groups import compare_runs_by_group, groups_report_markdown
+    from xdist.methods.alsace.selection import load_selection
+
+    selection = load_selection(selection_path)
+    by_set = compare_runs_by_group(comparison, selection)
+    text = groups_report_markdown(by_set, comparison.baseline, selection)
+    print("\n" + text, end="")
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "groups.json").write_text(json.dumps(by_set, indent=2) + "\n")
+        (Path(out) / "groups.md").write_text(text)
 
 
 def _in_launch() -> bool:
@@ -374,6 +394,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"xdist compare: error: {error}", file=sys.stderr)
             return 2
         print(comparison.to_markdown(), end="")
+        if args.selection:
+            _alsace_groups(comparison, args.selection, args.out)
         return 0
 
     from xdist.config import load_config

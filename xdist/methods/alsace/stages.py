@@ -46,8 +46,10 @@ def unlabelled_source(cfg: JobConfig) -> Any:
         raise ConfigError(
             f"config field 'data.train': ALSACE reads exactly one unlabelled parallel source, got {len(cfg.data.train)}"
         )
+    from xdist.tasks.classification.formats import is_parallel
+
     source = cfg.data.train[0]
-    if not getattr(source, "is_parallel", False):
+    if not is_parallel(source):
         raise ConfigError(f"config field 'data.train[0].parallel': source {source.name!r} must be parallel for ALSACE")
     return source
 
@@ -145,8 +147,9 @@ def select_teachers_job(cfg: JobConfig, checkpoint: str, *, out_dir: str | None 
     log.info("select-teachers: %d languages x %d instances of %s on %d rank(s)", len(languages), len(instances),
              source.name, dist.world_size)  # fmt: skip
     probs = predict_probabilities(model, task.logits, features, batch_size=cfg.eval.batch_size, dist=dist)
-    class_names = getattr(source, "class_names", None)
-    selection = select_from_config(settings, languages, probs, class_names=class_names)
+    from xdist.tasks.classification.formats import class_names
+
+    selection = select_from_config(settings, languages, probs, class_names=class_names(source))
     if not dist.is_main:
         return None
     out = Path(out_dir) if out_dir else selection_file(cfg).parent

@@ -163,11 +163,12 @@ class Task(Protocol):
         already partitioned (:func:`xdist.models.zero3_construction`). Never touches the Hub.
         """
 
-    def logits(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    def logits(self, model: Any, batch: dict[str, Any], device: torch.device | None = None) -> torch.Tensor:
         """The logits of ``batch`` (QA: ``[B, 2, L]`` start/end; classification: ``[B, C]``).
 
         ``model`` is anything callable like the ``transformers`` model (an engine's ``forward``, a teacher);
-        only :attr:`model_inputs` are passed, moved to the model's device by the caller or the engine.
+        only :attr:`model_inputs` are passed, moved to ``device`` first when given (a teacher outside the
+        engine; an engine's ``forward`` moves them itself). Differentiable: methods back-propagate through it.
         """
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:

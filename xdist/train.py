@@ -38,7 +38,7 @@ from xdist.engine import Engine, resolve_deepspeed_config
 from xdist.evaluate import QAEvaluator
 from xdist.methods import build_method
 from xdist.models import build_qa_model
-from xdist.monitor import Monitor, Throughput, flatten, setup_logging
+from xdist.monitor import Monitor, Throughput, TrainProgress, flatten, setup_logging
 from xdist.rundir import claim_output_dir
 
 log = logging.getLogger("xdist.train")
@@ -195,6 +195,7 @@ def train(cfg: JobConfig, *, resume: bool = False, overwrite: bool = False) -> T
     window: dict[str, Any] = {}  # sums over the accumulation window (tensors stay on device: no sync)
     window_micro = 0
     throughput = Throughput()
+    progress = TrainProgress(total_steps, step, tcfg.micro_batch_size * ga * dist.world_size, enabled=dist.is_main)
     engine.train()
     # With max_steps set, epochs keep coming until the step budget is spent (it overrides epochs).
     epoch_limit = math.inf if tcfg.max_steps else tcfg.epochs
@@ -220,6 +221,7 @@ def train(cfg: JobConfig, *, resume: bool = False, overwrite: bool = False) -> T
             means = mean_over_ranks([float(window[k]) / window_micro for k in keys], dist)
             step_logs = dict(zip(keys, means, strict=True))
             window, window_micro = {}, 0
+            progress.step(step_logs["loss"])
             if dist.is_main:
                 # One JSON line per optimizer step: the run's loss curve, diffable across runs/commits.
                 with open(out / "train_log.jsonl", "a") as f:
@@ -237,23 +239,27 @@ def train(cfg: JobConfig, *, resume: bool = False, overwrite: bool = False) -> T
                 }
                 monitor.scalars(step, scalars)
                 log.info(
-                    "step %d/%d epoch %d loss %.4f lr %.3g grad_norm %s samples/s %.1f",
+                    "step %d/%d epoch %d loss %.4f lr %.3g grad_norm %s samples/s %.1f eta %s",
                     step, total_steps, epoch, step_logs["loss"], engine.lr,
                     "-" if engine.grad_norm is None else f"{engine.grad_norm:.3f}",
-                    samples_s * dist.world_size,
+                    samples_s * dist.world_size, progress.eta(),
                 )
             if tcfg.eval_every and step % tcfg.eval_every == 0 and step < total_steps:
                 evaluate(f"step{step}")
                 throughput.reset()
+                progress.pause()
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < total_steps:
                 save_checkpoint()
                 throughput.reset()
+                progress.pause()
             if step >= total_steps:
                 break
         else:
             log.info("epoch %d done in %.1fs", epoch, time.perf_counter() - epoch_start)
             epoch += 1
             micro_in_epoch = 0
+
+    progress.close()
 
     # ---- end: checkpoint, export, final evaluation ----------------------------------------------
     save_checkpoint()

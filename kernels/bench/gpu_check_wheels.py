@@ -1,7 +1,7 @@
 """Wheels for the GPU check on a machine without network (``kernels/bench/gpu_check.sh``).
 
 The GPU machines this check is written for have torch, triton and transformers but not DeepSpeed,
-webdataset, accelerate (Hugging Face Trainer), tensorboard or pytest, and cannot reach a package index.
+webdataset, accelerate (Hugging Face Trainer), tensorboard, matplotlib or pytest, and cannot reach a package index.
 ``fetch`` runs where there is network and the project's environment is installed; it writes into one
 folder, to be carried beside the repository:
 
@@ -14,8 +14,11 @@ folder, to be carried beside the repository:
   feeds to ``pip install --no-index --find-links <folder>``: pip takes the wheels that fit its Python.
   Where a pinned version has no wheel for a ``--python`` version, that version gets the newest one.
 
-    python -m kernels.bench.gpu_check_wheels fetch --dest kernels/bench/wheels --python 3.10 3.11 3.12
+    python -m kernels.bench.gpu_check_wheels fetch --dest kernels/bench/wheels --python 3.11
     python -m kernels.bench.gpu_check_wheels install --dest kernels/bench/wheels
+
+About 41 MiB for one Python version (3.11, measured; grpcio, pillow, matplotlib, fonttools are the large
+ones): fetch only the GPU machine's version when the folder must travel through a size limit.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-NEEDED = ("deepspeed", "webdataset", "accelerate", "tensorboard", "pytest")
-"""What the check imports beyond the GPU image (DeepSpeed engine, shards, HF Trainer, TensorBoard, pytest)."""
+NEEDED = ("deepspeed", "webdataset", "accelerate", "tensorboard", "matplotlib", "pytest")
+"""What the check imports beyond the GPU image: the DeepSpeed engine, shards, the HF Trainer, TensorBoard,
+matplotlib (``xdist.evaluation`` draws heatmaps), pytest. ``gpu_check.sh`` tests the same imports."""
 PRESENT = ("torch", "triton", "transformers")
 """What the GPU image has; their dependency closure is not fetched."""
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "linux_x86_64")

@@ -31,15 +31,16 @@ import torch.distributed as torch_dist
 import yaml
 
 from xdist.config import JobConfig, to_dict
-from xdist.data.features import load_tokenizer
 from xdist.data.stream import TrainStream
+from xdist.data.tokenizer import load_tokenizer
+from xdist.deepspeed_config import resolve_deepspeed_config
 from xdist.distributed import DistEnv, all_gather_object, setup_distributed
-from xdist.engine import Engine, resolve_deepspeed_config
-from xdist.evaluate import QAEvaluator
-from xdist.methods import build_method
-from xdist.models import build_qa_model
+from xdist.engine import Engine
+from xdist.evaluate import Evaluator
+from xdist.methods import MethodContext, build_method, method_class
 from xdist.monitor import Monitor, Throughput, TrainProgress, flatten, setup_logging
 from xdist.rundir import claim_output_dir
+from xdist.tasks import get_task
 
 log = logging.getLogger("xdist.train")
 
@@ -112,6 +113,8 @@ def train(cfg: JobConfig, *, resume: bool = False, overwrite: bool = False) -> T
     setup_logging(dist.rank)
     tcfg = cfg.train
     out = Path(tcfg.output_dir)
+    task = get_task(cfg.task)
+    method_class(cfg.method.name, task.name)  # a method that cannot train the task fails before any work
     seed_everything(tcfg.seed, 0)  # the same random init on every rank
 
     # ---- data -----------------------------------------------------------------------------------
@@ -125,6 +128,7 @@ def train(cfg: JobConfig, *, resume: bool = False, overwrite: bool = False) -> T
         seed=tcfg.seed,
         tokenizer_path=cfg.features.tokenizer,
         max_length=cfg.features.max_length,
+        task=task.name,
     )
     ga = tcfg.gradient_accumulation_steps
     # Per-epoch shard sets (cross-lingual sampling re-drawn every epoch) may differ in length, and
@@ -145,16 +149,13 @@ def train(cfg: JobConfig, *, resume: bool = False, overwrite: bool = False) -> T
     ds_config = resolve_deepspeed_config(
         tcfg, world_size=dist.world_size, total_steps=total_steps, device_type=dist.device.type
     )
-    model = build_qa_model(
-        cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, ds_config=ds_config
-    )
+    model = task.build_model(cfg.model, tokenizer=tokenizer, ds_config=ds_config)
     engine = Engine.create(model, tcfg, dist, total_steps, ds_config=ds_config)
     seed_everything(tcfg.seed, dist.rank)  # from here on ranks differ, so their dropout masks do
-    method = build_method(
-        cfg.method, output_dir=out, dist=dist, manifest_for_epoch=stream.manifest_for,
-        cache_batch_size=cfg.eval.batch_size,
-    )
-    evaluator = QAEvaluator(cfg, tokenizer, dist) if cfg.eval.sets else None
+    method = build_method(MethodContext(
+        cfg=cfg, task=task, dist=dist, output_dir=out, manifest_for_epoch=stream.manifest_for, tokenizer=tokenizer,
+    ))
+    evaluator = Evaluator(cfg, tokenizer, dist, task) if cfg.eval.sets else None
     monitor = Monitor(out, enabled=dist.is_main)
     if dist.is_main:
         write_run_info(cfg, ds_config, out)

@@ -52,9 +52,10 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xdist.config import DataConfig
-from xdist.data.sampling import EPOCH_INDEX_NAME, load_epoch_index
+from xdist.data.epochs import EPOCH_INDEX_NAME, load_epoch_index
 from xdist.data.shards import (
     MANIFEST_NAME,
+    ArraySpec,
     Manifest,
     ShardError,
     ShardSample,
@@ -70,8 +71,9 @@ from xdist.errors import UserError
 log = logging.getLogger(__name__)
 
 Batch = dict[str, Any]
-"""A micro-batch: ``input_ids``, ``attention_mask``, ``token_type_ids`` (long [B, L]),
-``start_positions``, ``end_positions`` (long [B]), ``keys`` and ``cells`` (lists of B strings)."""
+"""A micro-batch: one tensor per array field of the shards, stacked over the rows (integer fields as long:
+QA's ``input_ids``, ``attention_mask``, ``token_type_ids`` [B, L] and ``start_positions``,
+``end_positions`` [B]), plus ``keys`` and ``groups`` (lists of B strings: sample keys and groups)."""
 
 
 class StreamError(UserError, ValueError):
@@ -271,24 +273,22 @@ def _slot_raw_stream(plan: StreamPlan, directory: Path, epoch: int, slot: int) -
 
 
 def collate(samples: list[ShardSample]) -> Batch:
-    """Stack decoded samples into a micro-batch of torch tensors (ids and masks as int64)."""
-
-    def stack(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.stack([getattr(s, name) for s in samples]).astype(np.int64))
-
-    return {
-        "input_ids": stack("input_ids"),
-        "attention_mask": stack("attention_mask"),
-        "token_type_ids": stack("token_type_ids"),
-        "start_positions": torch.tensor([s.start_position for s in samples], dtype=torch.long),
-        "end_positions": torch.tensor([s.end_position for s in samples], dtype=torch.long),
-        "keys": [s.key for s in samples],
-        "cells": [s.cell for s in samples],
-    }
+    """Stack decoded samples into a micro-batch: every array field, whatever the task wrote, as a torch
+    tensor ``[B, *shape]`` (integer and boolean fields as int64, float fields keep their dtype), plus the
+    ``keys`` and ``groups`` lists."""
+    batch: Batch = {}
+    for name in samples[0].arrays:
+        stacked = np.stack([s.arrays[name] for s in samples])
+        if stacked.dtype.kind in "biu":
+            stacked = stacked.astype(np.int64)
+        batch[name] = torch.from_numpy(stacked)
+    batch["keys"] = [s.key for s in samples]
+    batch["groups"] = [s.group for s in samples]
+    return batch
 
 
 def slot_batches(
-    plan: StreamPlan, directory: Path, max_length: int, epoch: int, slot: int, skip_batches: int = 0
+    plan: StreamPlan, directory: Path, fields: dict[str, ArraySpec], epoch: int, slot: int, skip_batches: int = 0
 ) -> Iterator[Batch]:
     """Exactly ``plan.batches_per_slot - skip_batches`` full micro-batches of one slot in ``epoch``."""
     size = plan.micro_batch_size
@@ -297,7 +297,7 @@ def slot_batches(
     while chunk := list(itertools.islice(raw, size)):
         if len(chunk) != size:  # cannot happen: the quota is a multiple of the batch size
             raise RuntimeError(f"slot {slot}: partial batch of {len(chunk)}")
-        yield collate([decode_sample(sample, max_length) for sample in chunk])
+        yield collate([decode_sample(sample, fields) for sample in chunk])
 
 
 def _rank_workers(plan: StreamPlan, rank: int, start_step: int) -> list[tuple[int, int]]:
@@ -314,14 +314,15 @@ def _rank_workers(plan: StreamPlan, rank: int, start_step: int) -> list[tuple[in
 class _EpochDataset(IterableDataset):
     """One epoch of one rank, from ``start_step``; each DataLoader worker is one reader slot."""
 
-    def __init__(self, plan: StreamPlan, directory: Path, max_length: int, rank: int, epoch: int, start_step: int):
+    def __init__(self, plan: StreamPlan, directory: Path, fields: dict[str, ArraySpec], rank: int, epoch: int,
+                 start_step: int):
         super().__init__()
-        self.plan, self.directory, self.max_length = plan, directory, max_length
+        self.plan, self.directory, self.fields = plan, directory, fields
         self.rank, self.epoch, self.start_step = rank, epoch, start_step
 
     def _reader(self, worker: int) -> Iterator[Batch]:
         slot, skip = _rank_workers(self.plan, self.rank, self.start_step)[worker]
-        return slot_batches(self.plan, self.directory, self.max_length, self.epoch, slot, skip)
+        return slot_batches(self.plan, self.directory, self.fields, self.epoch, slot, skip)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -350,7 +351,7 @@ class TrainStream:
 
     ``num_workers`` (default ``data.num_workers``) is how many DataLoader *processes* read: 0 (in this
     process) or the plan's ``slots_per_rank``; both give the same batches in the same order.
-    ``tokenizer_path`` and ``max_length``, when given, are checked against the manifest at start.
+    ``tokenizer_path``, ``max_length`` and ``task``, when given, are checked against the manifest at start.
     ``manifest_dir`` is a shard directory, or the root of per-epoch shard sets (module docstring, item 6):
     then epoch ``e`` reads set ``e mod num_shard_sets`` and its length is :meth:`batches_in_epoch`.
 
@@ -378,6 +379,7 @@ class TrainStream:
         *,
         tokenizer_path: str | os.PathLike | None = None,
         max_length: int | None = None,
+        task: str | None = None,
         num_workers: int | None = None,
         pin_memory: bool = False,
     ):
@@ -398,6 +400,11 @@ class TrainStream:
         for manifest in self.manifests:
             if tokenizer_path is not None:
                 check_tokenizer(manifest, tokenizer_path, fingerprint)
+            if task is not None and task != manifest.task:
+                raise StreamError(
+                    f"{manifest.directory}: shards hold samples of task {manifest.task!r}, but this run's task is "
+                    f"{task!r} (config field 'task'); re-run `xdist prepare` or point data.shards elsewhere"
+                )
             if max_length is not None and max_length != manifest.max_length:
                 raise StreamError(
                     f"{manifest.directory}: shards hold features of max_length {manifest.max_length}, "
@@ -493,7 +500,7 @@ class TrainStream:
 
     def _deliver(self, epoch: int, start_step: int) -> Iterator[Batch]:
         plan, manifest = self.plan_for(epoch), self.manifest_for(epoch)
-        dataset = _EpochDataset(plan, manifest.directory, manifest.max_length, self.rank, epoch, start_step)
+        dataset = _EpochDataset(plan, manifest.directory, manifest.fields, self.rank, epoch, start_step)
         source: Any = dataset
         if self.num_workers > 0 and start_step < plan.epoch_batches:
             # Our own generator: otherwise starting the workers draws their base seed from the global torch

@@ -12,7 +12,7 @@ Everything runs offline from files this module writes into a work directory:
 
 xdist runs are ``python -m xdist.cli train`` subprocesses; their step times come from ``train_log.jsonl``.
 The Hugging Face baseline (``python -m kernels.bench.gpu_check_train hf CONFIG ...``) builds the same
-``transformers`` config (:func:`xdist.models.qa_model_config`), reads the same shards in the same order
+model the same way (the QA task's ``build_model``, same seed), reads the same shards in the same order
 (:class:`xdist.data.stream.TrainStream`), and trains with ``Trainer`` + the same DeepSpeed JSON (whose
 ``"auto"`` values the Trainer fills, the convention xdist follows). Both time the optimizer steps after
 ``warmup`` steps, with a device synchronisation at every step end.
@@ -216,10 +216,10 @@ def model_flops_per_sample(plan: TrainPlan) -> float:
     from transformers import AutoModelForQuestionAnswering
 
     from xdist.config import ModelConfig
-    from xdist.models import qa_model_config
+    from xdist.models import model_config
 
     model_cfg = ModelConfig(model_type="xlm-roberta", architecture={**plan.architecture, "vocab_size": plan.vocab})
-    cfg = qa_model_config(model_cfg, vocab_size=plan.vocab, pad_token_id=0)
+    cfg = model_config(model_cfg, vocab_size=plan.vocab, pad_token_id=0)
     with torch.device("meta"):
         model = AutoModelForQuestionAnswering.from_config(cfg)
     embed = sum(p.numel() for n, p in model.named_parameters() if ".embeddings." in f".{n}")
@@ -235,24 +235,24 @@ def model_flops_per_sample(plan: TrainPlan) -> float:
 
 def _hf_main(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoModelForQuestionAnswering, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from xdist.config import load_config
-    from xdist.data.features import load_tokenizer
     from xdist.data.stream import TrainStream
-    from xdist.models import qa_model_config
+    from xdist.data.tokenizer import load_tokenizer
+    from xdist.tasks import get_task
 
     plan = TrainPlan(**json.loads(args.plan))
     cfg = load_config(args.config)
     tokenizer = load_tokenizer(cfg.features.tokenizer)
     stream = TrainStream(cfg.data.shards, rank=0, world_size=1, micro_batch_size=plan.micro_batch, data=cfg.data,
-                         seed=cfg.train.seed, tokenizer_path=cfg.features.tokenizer, max_length=plan.seq_len)
+                         seed=cfg.train.seed, tokenizer_path=cfg.features.tokenizer, max_length=plan.seq_len,
+                         task=cfg.task)
     keys = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
     rows = [{k: batch[k][i] for k in keys if k in batch}
             for batch in stream.iter_epoch(0) for i in range(batch["input_ids"].shape[0])]
     set_seed(cfg.train.seed)
-    model = AutoModelForQuestionAnswering.from_config(
-        qa_model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id))
+    model = get_task(cfg.task).build_model(cfg.model, tokenizer=tokenizer, ds_config=None)  # as xdist.train does
     cuda = torch.cuda.is_available()
     if not cuda:  # as xdist does on CPU: gloo, no ~45 s JIT build of DeepSpeed's shm all-reduce op
         from xdist.distributed import disable_deepspeed_shm_comm

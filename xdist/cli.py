@@ -6,14 +6,17 @@ Process model for ``train`` and ``eval``:
 - plain ``xdist train CONFIG`` runs one process (no launcher needed);
 - ``--nproc N`` starts N local ranks itself through ``torch.distributed.run --standalone``;
 - inside an existing ``torchrun`` / ``deepspeed`` launch (``RANK``/``WORLD_SIZE`` set, or the
-  ``--local_rank`` argument the ``deepspeed`` launcher appends) it simply joins the job.
+  ``--local_rank`` argument the ``deepspeed`` launcher appends) it simply joins the job, and dies with
+  its launcher.
+
+Faults (:mod:`xdist.launcher`, :mod:`xdist.faults`): termination signals reach every rank and nothing of a
+job outlives ``xdist``; ``--max-restarts N`` restarts failed ranks from the newest verified checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 
 # Set before torch/deepspeed import so every rank inherits them (see docs in README "Environment").
@@ -28,8 +31,29 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (number of ranks), got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _launch_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nproc", type=int, default=None, help="start N local ranks (torchrun --standalone)")
+    parser.add_argument("--nproc", type=_positive_int, default=None,
+                        help="start N local ranks (torchrun --standalone)")
 
 
 def _strip_local_rank(argv: list[str]) -> list[str]:
@@ -67,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train with DeepSpeed on the prepared shards")
     _common(p)
     _launch_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest verified checkpoint in output_dir")
+    p.add_argument("--max-restarts", type=_non_negative_int, default=0, metavar="N",
+                   help="with --nproc: restart the ranks up to N times after a failure, resuming from the newest "
+                        "verified checkpoint (torchrun's elastic restarts)")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the config's eval sets (EM/F1, G-XLT)")
     _common(p)
@@ -77,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="stream and training throughput of a config (prints a table)")
     _common(p)
-    p.add_argument("--nproc", type=int, default=2, help="ranks for the training measurement")
+    p.add_argument("--nproc", type=_positive_int, default=2, help="ranks for the training measurement")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps to time")
 
     p = sub.add_parser("compare", help="compare runs' evaluations: G-XLT/XLT, per-cell F1, Wilcoxon tests")
@@ -98,21 +126,50 @@ def _in_launch() -> bool:
 
 
 def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
-    """Re-run this command under torchrun with ``args.nproc`` local ranks and wait for it."""
+    """Re-run this command under torchrun with ``args.nproc`` local ranks, supervised (xdist.launcher)."""
+    from xdist.config import load_config
+    from xdist.launcher import run_supervised, torchrun_command
+
     forwarded, skip_value = [], False
-    for arg in argv:  # every argument but "--nproc N" / "--nproc=N"
+    for arg in argv:  # every argument but "--nproc N" / "--max-restarts N" (and their "=" forms)
         if skip_value:
             skip_value = False
-        elif arg == "--nproc":
+        elif arg in ("--nproc", "--max-restarts"):
             skip_value = True
-        elif not arg.startswith("--nproc="):
+        elif not arg.startswith(("--nproc=", "--max-restarts=")):
             forwarded.append(arg)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-        "-m", "xdist.cli", *forwarded,
-    ]
-    env = {**_CPU_ENV, **os.environ}
-    return subprocess.call(command, env=env)
+    # Read here once (an invalid config fails here, once, rather than on every rank): the grace period.
+    grace_s = load_config(args.config, args.overrides).train.signal_grace_s
+    command = torchrun_command(forwarded, nproc=args.nproc, max_restarts=getattr(args, "max_restarts", 0),
+                               grace_s=grace_s)
+    return run_supervised(command, {**_CPU_ENV, **os.environ}, grace_s=grace_s)
+
+
+def _run_rank(args: argparse.Namespace, cfg: object) -> int:
+    """``train``/``eval`` in this process (one rank of a job): faults end it with one message and a status."""
+    from xdist.checkpoint import CheckpointError
+    from xdist.distributed import cleanup
+    from xdist.faults import CollectiveTimeout, Interrupted, NonFiniteError, die_with_parent
+
+    if _in_launch():
+        die_with_parent()  # nothing of a job outlives its launcher (e.g. torchrun killed with -9)
+    try:
+        if args.command == "train":
+            from xdist.train import train
+
+            train(cfg, resume=args.resume)
+        else:
+            from xdist.evaluate import evaluate_checkpoint
+
+            evaluate_checkpoint(cfg, args.checkpoint, out_dir=args.out)
+    except (Interrupted, NonFiniteError, CheckpointError, CollectiveTimeout) as error:
+        # Raised alike on every rank (the ranks agreed through a collective) unless it names its rank.
+        if os.environ.get("RANK", "0") == "0" or "rank " in str(error):
+            print(f"xdist {args.command}: error: {error}", file=sys.stderr, flush=True)
+        return error.exit_code if isinstance(error, Interrupted) else 1
+    finally:
+        cleanup()  # tear the process group down cleanly (no-op when none was created)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,19 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
         prepare(cfg, overwrite=args.overwrite)
     elif args.command in ("train", "eval"):
-        from xdist.distributed import cleanup
-
-        try:
-            if args.command == "train":
-                from xdist.train import train
-
-                train(cfg, resume=args.resume)
-            else:
-                from xdist.evaluate import evaluate_checkpoint
-
-                evaluate_checkpoint(cfg, args.checkpoint, out_dir=args.out)
-        finally:
-            cleanup()  # tear the process group down cleanly (no-op when none was created)
+        return _run_rank(args, cfg)
     elif args.command == "bench":
         from xdist.bench import run_bench
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -86,14 +87,16 @@ def disable_deepspeed_shm_comm() -> None:
         compatible_ops["deepspeed_shm_comm"] = False
 
 
-def setup_distributed() -> DistEnv:
+def setup_distributed(collective_timeout_s: float | None = None) -> DistEnv:
     """Initialise the process group (once) and return this process's :class:`DistEnv`.
 
     Works in a plain single process (fills ``RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1``
     and a free ``MASTER_PORT`` where unset), under torchrun and under the ``deepspeed`` launcher.
     The backend is ``nccl`` on CUDA and ``gloo`` on CPU. On CPU it also sets
     ``DS_ACCELERATOR=cpu`` if unset and disables the shm all-reduce JIT build (see
-    :func:`disable_deepspeed_shm_comm`). Calling it again returns the same environment.
+    :func:`disable_deepspeed_shm_comm`). ``collective_timeout_s`` bounds every collective of the process
+    group (torch's default: 30 minutes), so a dead or stopped peer fails the job instead of hanging it.
+    Calling it again returns the same environment.
     """
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
         os.environ.setdefault("RANK", "0")
@@ -134,7 +137,8 @@ def setup_distributed() -> DistEnv:
         import deepspeed
 
         # Env vars are complete, so DeepSpeed skips its MPI discovery.
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        timeout = {} if collective_timeout_s is None else {"timeout": timedelta(seconds=collective_timeout_s)}
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **timeout)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 

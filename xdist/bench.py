@@ -2,7 +2,8 @@
 
 A benchmark, not a test: it measures on whatever machine it runs and asserts nothing.
 - stream: features/s of one reader process (rank 0 of 1, no DataLoader workers) over one epoch of
-  the prepared shards, including tar reading, decoding, shuffling and collation;
+  the prepared shards, including tar reading, decoding, shuffling and collation, with and without the
+  shards' sha256 verification (``data.verify_checksums``), so its cost is a measured number;
 - training: samples/s over all ranks of ``--nproc`` ranks running the config's training (steps after
   the first few, so start-up and the first iterations' allocations are excluded).
 """
@@ -22,11 +23,13 @@ from pathlib import Path
 from xdist.config import JobConfig
 
 
-def stream_throughput(cfg: JobConfig) -> tuple[float, int]:
+def stream_throughput(cfg: JobConfig, *, verify_checksums: bool | None = None) -> tuple[float, int]:
     """(features/s, features) for one epoch read by a single in-process reader."""
     from xdist.data.stream import TrainStream
 
     data = replace(cfg.data, num_workers=0)
+    if verify_checksums is not None:
+        data = replace(data, verify_checksums=verify_checksums)
     stream = TrainStream(
         cfg.data.shards, rank=0, world_size=1, micro_batch_size=cfg.train.micro_batch_size, data=data,
         seed=cfg.train.seed,
@@ -59,12 +62,16 @@ def training_throughput(config_path: str, overrides: list[str], nproc: int, step
 
 
 def run_bench(cfg: JobConfig, config_path: str, overrides: list[str], *, nproc: int, steps: int) -> None:
-    features_s, n = stream_throughput(cfg)
+    stream_throughput(cfg)  # warm the page cache and the imports: both timed passes read from memory
+    plain = max(stream_throughput(cfg, verify_checksums=False)[0] for _ in range(3))
+    features_s, n = max(stream_throughput(cfg, verify_checksums=True) for _ in range(3))
     train = training_throughput(config_path, overrides, nproc, steps)
     global_batch = cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps * nproc
     samples_s = train["steps_timed"] * global_batch / train["seconds"]
     rows = [
         ("stream: features/s (1 reader process)", f"{features_s:,.0f}", f"{n} features, L={cfg.features.max_length}"),
+        ("stream: features/s without sha256 checks", f"{plain:,.0f}",
+         f"verifying costs {100 * (1 - features_s / plain):.1f}% of stream time (best of 3 each)"),
         (f"train: samples/s ({nproc} ranks)", f"{samples_s:,.1f}",
          f"{train['steps_timed']} steps x global batch {global_batch}, {cfg.train.precision}"),
         ("train: launch wall time (s)", f"{train['wall_s']:.1f}", f"{steps} steps incl. start-up"),

@@ -211,6 +211,10 @@ class DataConfig:
     re-shuffled repeat of their own samples (counted and logged) so every rank takes the same number of
     steps; ``refuse`` stops at start with an error explaining the imbalance."""
 
+    verify_checksums: bool = True
+    """Check every training shard against the sha256 in its manifest as it is read (the whole shard is read,
+    hashed, then its samples used), so a corrupt shard is refused, named, before a step trains on it."""
+
     def __post_init__(self) -> None:
         if self.samples_per_shard <= 0:
             _fail("samples_per_shard", f"expected a positive integer, got {self.samples_per_shard}")

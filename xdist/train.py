@@ -167,6 +167,7 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
         seed=tcfg.seed,
         tokenizer_path=cfg.features.tokenizer,
         max_length=cfg.features.max_length,
+        vocab_size=len(tokenizer),
     )
     ga = tcfg.gradient_accumulation_steps
     # Per-epoch shard sets (cross-lingual sampling re-drawn every epoch) may differ in length, and
@@ -225,6 +226,8 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
         set_rng_state(client["rng"][dist.rank])
         step, epoch, micro_in_epoch = client["step"], client["stream"]["epoch"], client["stream"]["step"]
         run_id = client.get("run_id", run_id)  # a resumed run goes on as the run it resumes
+        if dist.is_main:  # the log lines of steps it will take again go
+            _truncate_log(out / "train_log.jsonl", step)
         log.info("resumed from checkpoint %s: step %d (epoch %d, micro-batch %d)", tag, step, epoch, micro_in_epoch)
 
     if resume or restarted:
@@ -241,8 +244,6 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
             log.warning("restart %d: no checkpoint of this run yet, starting from step 0", restart_count())
     if dist.is_main and step == 0:  # a run starting from step 0 starts a fresh loss curve
         (out / "train_log.jsonl").unlink(missing_ok=True)
-    elif dist.is_main:  # a restart after a crash drops the log lines of steps it will take again
-        _truncate_log(out / "train_log.jsonl", step)
 
     last_checkpoint_s: float | None = None
 
@@ -329,8 +330,8 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
                 # One JSON line per optimizer step: the run's loss curve, diffable across runs/commits.
                 with open(out / "train_log.jsonl", "a") as f:
                     record = {"step": step, "epoch": epoch, "lr": engine.lr, "time": time.time(), **step_logs}
-                    if bad:
-                        record["nonfinite"] = bad
+                    if engine.grad_norm is not None:
+                        record["grad_norm"] = engine.grad_norm
                     f.write(json.dumps(json_safe(record)) + "\n")
             action = guard.check(step, bad, step_logs)  # raises when the policy says stop
             if action == "rollback":

@@ -569,11 +569,13 @@ def _load_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def decode_sample(raw: dict[str, Any], max_length: int | None = None) -> ShardSample:
+def decode_sample(raw: dict[str, Any], max_length: int | None = None, vocab_size: int | None = None) -> ShardSample:
     """Decode a raw webdataset sample (member bytes by extension) into a :class:`ShardSample`.
 
     Only the four expected members are accepted; anything else (a ``.pyd`` or ``.pth`` member, say) is
-    an error rather than something to unpickle.
+    an error rather than something to unpickle. Values that would crash or silently corrupt a step later
+    are refused here, naming shard and sample: answer positions outside the sequence (or start after end)
+    and, with ``vocab_size``, token ids outside ``[0, vocab_size)``.
     """
     key = raw.get("__key__", "?")
     where = f"{raw.get('__url__', '?')}: sample {key!r}"
@@ -594,7 +596,7 @@ def decode_sample(raw: dict[str, Any], max_length: int | None = None) -> ShardSa
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ShardError(f"{where}: {META_MEMBER} is not valid JSON: {err}") from None
     try:
-        return ShardSample(
+        sample = ShardSample(
             key=key,
             **arrays,
             example_uid=str(meta["example_uid"]),
@@ -607,12 +609,55 @@ def decode_sample(raw: dict[str, Any], max_length: int | None = None) -> ShardSa
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ShardError(f"{where}: {META_MEMBER} lacks or mistypes field {err}") from None
+    _check_ranges(where, sample, vocab_size)
+    return sample
 
 
-def raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """Undecoded samples (member bytes) of the given shard files, in file order, via webdataset."""
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
-    return iter(pipeline)
+def _check_ranges(where: str, sample: ShardSample, vocab_size: int | None) -> None:
+    length = sample.input_ids.shape[0]
+    fix = "the shard is corrupt or was written differently; re-run `xdist prepare --overwrite`"
+    if not 0 <= sample.start_position <= sample.end_position < length:
+        raise ShardError(
+            f"{where}: answer positions start={sample.start_position} end={sample.end_position} are not "
+            f"0 <= start <= end < {length} (the sequence length); {fix}"
+        )
+    if vocab_size is not None and length:
+        ids = sample.input_ids
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            position = int(np.flatnonzero(ids == bad)[0])
+            raise ShardError(
+                f"{where}: token id {bad} at position {position} is outside the vocabulary [0, {vocab_size}) of "
+                f"features.tokenizer; {fix}"
+            )
+
+
+def raw_samples(urls: list[str], checksums: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Undecoded samples (member bytes) of the given shard files, in file order, via webdataset.
+
+    With ``checksums`` (url → the manifest's sha256) every shard is read whole, hashed and refused on a
+    mismatch before any of its samples is yielded (:func:`verified_shard_streams`): a corrupt shard never
+    reaches a training step, at the cost of one shard's bytes in memory per reader.
+    """
+    if checksums is None:
+        return iter(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
+    files = wds.tariterators.tar_file_expander(verified_shard_streams(urls, checksums))
+    return wds.tariterators.group_by_keys(files)
+
+
+def verified_shard_streams(urls: list[str], checksums: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """``{"url", "stream"}`` of each shard, read whole and checked against its sha256 (webdataset's
+    ``url_opener`` contract)."""
+    for url in urls:
+        data = Path(url).read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != checksums[url]:
+            raise ShardError(
+                f"{url}: sha256 {actual[:16]}... differs from the manifest's {checksums[url][:16]}...: the shard "
+                "is corrupt or was changed after prepare; re-run `xdist prepare --overwrite`"
+            )
+        yield {"url": url, "stream": io.BytesIO(data)}
 
 
 def iter_samples(manifest: Manifest) -> Iterator[ShardSample]:

@@ -42,7 +42,7 @@ import math
 import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,8 @@ class StreamPlan:
     """``q``: micro-batches every slot yields per epoch."""
     shard_set: str
     """Fingerprint of the shards' names, counts and sha256: a resume must read the very same shards."""
+    checksums: dict[str, str] = field(default_factory=dict, compare=False)
+    """sha256 of every shard (by name) to verify as it is read; empty when ``data.verify_checksums`` is off."""
 
     @property
     def num_slots(self) -> int:
@@ -212,6 +214,7 @@ def make_plan(
         slot_samples=tuple(slot_samples),
         batches_per_slot=batches_per_slot,
         shard_set=json_fingerprint([[s.name, s.samples, s.sha256] for s in manifest.shards]),
+        checksums={s.name: s.sha256 for s in manifest.shards} if data.verify_checksums else {},
     )
     if data.uneven == "refuse":
         short = [(slot, n) for slot, n in enumerate(slot_samples) if math.ceil(n / micro_batch_size) < batches_per_slot]
@@ -260,13 +263,14 @@ def _slot_raw_stream(plan: StreamPlan, directory: Path, epoch: int, slot: int) -
     sizes = dict(plan.shards)
     urls = [str(directory / name) for name in names]
     expected = {str(directory / name): sizes[name] for name in names}
+    checksums = {str(directory / name): plan.checksums[name] for name in names} if plan.checksums else None
     for pass_index in itertools.count():
         rng = random.Random(f"xdist-stream/samples/{plan.seed}/{epoch}/{slot}/{pass_index}")
         order = list(urls)
         if pass_index > 0:
             rng.shuffle(order)
         shuffle = wds.shuffle(plan.shuffle_buffer, initial=plan.shuffle_buffer, rng=rng)
-        yield from shuffle(_checked_counts(raw_samples(order), expected))
+        yield from shuffle(_checked_counts(raw_samples(order, checksums), expected))
 
 
 def collate(samples: list[ShardSample]) -> Batch:
@@ -287,16 +291,20 @@ def collate(samples: list[ShardSample]) -> Batch:
 
 
 def slot_batches(
-    plan: StreamPlan, directory: Path, max_length: int, epoch: int, slot: int, skip_batches: int = 0
+    plan: StreamPlan, directory: Path, max_length: int, epoch: int, slot: int, skip_batches: int = 0,
+    vocab_size: int | None = None,
 ) -> Iterator[Batch]:
-    """Exactly ``plan.batches_per_slot - skip_batches`` full micro-batches of one slot in ``epoch``."""
+    """Exactly ``plan.batches_per_slot - skip_batches`` full micro-batches of one slot in ``epoch``.
+
+    Every sample is range-checked as it is decoded (token ids below ``vocab_size`` when given, answer
+    positions inside the sequence): a corrupt value is refused naming shard and sample."""
     size = plan.micro_batch_size
     quota = plan.batches_per_slot * size
     raw = itertools.islice(_slot_raw_stream(plan, directory, epoch, slot), skip_batches * size, quota)
     while chunk := list(itertools.islice(raw, size)):
         if len(chunk) != size:  # cannot happen: the quota is a multiple of the batch size
             raise RuntimeError(f"slot {slot}: partial batch of {len(chunk)}")
-        yield collate([decode_sample(sample, max_length) for sample in chunk])
+        yield collate([decode_sample(sample, max_length, vocab_size) for sample in chunk])
 
 
 def _rank_workers(plan: StreamPlan, rank: int, start_step: int) -> list[tuple[int, int]]:
@@ -313,14 +321,15 @@ def _rank_workers(plan: StreamPlan, rank: int, start_step: int) -> list[tuple[in
 class _EpochDataset(IterableDataset):
     """One epoch of one rank, from ``start_step``; each DataLoader worker is one reader slot."""
 
-    def __init__(self, plan: StreamPlan, directory: Path, max_length: int, rank: int, epoch: int, start_step: int):
+    def __init__(self, plan: StreamPlan, directory: Path, max_length: int, rank: int, epoch: int, start_step: int,
+                 vocab_size: int | None = None):
         super().__init__()
-        self.plan, self.directory, self.max_length = plan, directory, max_length
+        self.plan, self.directory, self.max_length, self.vocab_size = plan, directory, max_length, vocab_size
         self.rank, self.epoch, self.start_step = rank, epoch, start_step
 
     def _reader(self, worker: int) -> Iterator[Batch]:
         slot, skip = _rank_workers(self.plan, self.rank, self.start_step)[worker]
-        return slot_batches(self.plan, self.directory, self.max_length, self.epoch, slot, skip)
+        return slot_batches(self.plan, self.directory, self.max_length, self.epoch, slot, skip, self.vocab_size)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -349,7 +358,8 @@ class TrainStream:
 
     ``num_workers`` (default ``data.num_workers``) is how many DataLoader *processes* read: 0 (in this
     process) or the plan's ``slots_per_rank``; both give the same batches in the same order.
-    ``tokenizer_path`` and ``max_length``, when given, are checked against the manifest at start.
+    ``tokenizer_path`` and ``max_length``, when given, are checked against the manifest at start;
+    ``vocab_size``, when given, bounds every token id read (a larger id is refused naming shard and sample).
     ``manifest_dir`` is a shard directory, or the root of per-epoch shard sets (module docstring, item 6):
     then epoch ``e`` reads set ``e mod num_shard_sets`` and its length is :meth:`batches_in_epoch`.
 
@@ -379,6 +389,7 @@ class TrainStream:
         max_length: int | None = None,
         num_workers: int | None = None,
         pin_memory: bool = False,
+        vocab_size: int | None = None,
     ):
         if not 0 <= rank < world_size:
             raise StreamError(f"rank {rank} is outside [0, world_size={world_size})")
@@ -416,6 +427,7 @@ class TrainStream:
                 + ("; the per-epoch shard sets allow different slot counts" if len(self.plans) > 1 else "")
             )
         self.pin_memory = pin_memory
+        self.vocab_size = vocab_size
         self._epoch, self._step = 0, 0
         self._warned_wrap = False
         for number, plan in enumerate(self.plans):
@@ -492,7 +504,8 @@ class TrainStream:
 
     def _deliver(self, epoch: int, start_step: int) -> Iterator[Batch]:
         plan, manifest = self.plan_for(epoch), self.manifest_for(epoch)
-        dataset = _EpochDataset(plan, manifest.directory, manifest.max_length, self.rank, epoch, start_step)
+        dataset = _EpochDataset(plan, manifest.directory, manifest.max_length, self.rank, epoch, start_step,
+                                self.vocab_size)
         source: Any = dataset
         if self.num_workers > 0 and start_step < plan.epoch_batches:
             # Our own generator: otherwise starting the workers draws their base seed from the global torch

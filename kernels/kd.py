@@ -32,9 +32,13 @@ Notation per row: s, t = student / teacher logits; a = s/T, b = t/T; q = softmax
   gradient flow into the teacher logits too: ALSACE's ``get_KL_loss`` (methods.md C.5) is
   ``direction="forward"`` with ``student=z(x_a)``, ``teacher=z(x_b)``, T=1, ``teacher_grad=True``.
 * Outputs: :class:`KDOutput` (loss, kl_rows = D_r without weight or T^2, ce_rows = CE_r or None),
-  fp32 (float64 on the reference path for float64 inputs). Non-finite logits give a non-finite
-  loss (NaN is never turned into a finite value); a masked row is still computed and multiplied by 0,
-  so NaN in a masked row also reaches the loss, exactly as in the reference.
+  fp32 (float64 on the reference path for float64 inputs).
+* NaN: a NaN logit in row r makes D_r, the loss and the whole gradient row r NaN (student and,
+  with ``teacher_grad``, teacher); CE_r too if the NaN is in the student (CE reads only the student)
+  and the row is labelled. Other rows stay finite. The kernel counts NaNs explicitly (x != x) and
+  sets these outputs, so this holds on every backend and Triton version (the NaN behaviour of
+  max/min is not specified: compiled ``tl.max`` drops NaN). A masked row (weight 0) is still
+  computed and multiplied by 0, so NaN in a masked row also reaches the loss, as in the reference.
 
 Math of the kernel (one program per row, online softmax over chunks of BLOCK_V columns)
 ---------------------------------------------------------------------------------------
@@ -364,6 +368,8 @@ def _kd_fwd_kernel(
     offs = tl.arange(0, BLOCK_V)
 
     # ---- pass 1: online max / normalisers (and the one-pass KL sums) ---------------------------
+    n_nan_s = 0  # NaN count of the student row: the explicit NaN flag (see "NaN" below)
+    n_nan_t = 0
     m_s = -1e30  # running max of raw student logits (finite: see _load_row_chunk)
     m_t = -1e30  # running max of raw teacher logits
     d_a = 0.0  # sum exp((s - m_s)/T)
@@ -375,9 +381,12 @@ def _kd_fwd_kernel(
         mask = cols < V
         s = _load_row_chunk(s_row, cols, mask)  # [BLOCK_V] fp32, -1e30 on masked lanes
         t = _load_row_chunk(t_row, cols, mask)  # [BLOCK_V]
-        # NaN must survive the max (the sums would carry it anyway, this makes it explicit on GPU).
-        m_s_new = tl.maximum(m_s, tl.max(s, axis=0), propagate_nan=tl.PropagateNan.ALL)
-        m_t_new = tl.maximum(m_t, tl.max(t, axis=0), propagate_nan=tl.PropagateNan.ALL)
+        # x != x is IEEE's NaN test: defined on every backend, unlike the NaN behaviour of max/min
+        # (tl.max drops NaN when compiled, the interpreter's follows numpy and changed in Triton 3.9).
+        n_nan_s += tl.sum((s != s).to(tl.int32), axis=0)
+        n_nan_t += tl.sum((t != t).to(tl.int32), axis=0)
+        m_s_new = tl.maximum(m_s, tl.max(s, axis=0))  # may or may not be NaN on a NaN row: overridden below
+        m_t_new = tl.maximum(m_t, tl.max(t, axis=0))
         e_s = tl.exp((s - m_s_new) * inv_T)  # [BLOCK_V] unnormalised q; 0 on masked lanes
         e_t = tl.exp((t - m_t_new) * inv_T)  # [BLOCK_V] unnormalised p
         rescale_s = tl.exp((m_s - m_s_new) * inv_T)  # old sums were relative to the old max
@@ -415,6 +424,10 @@ def _kd_fwd_kernel(
             kl_pm += tl.sum(tl.where(mask, tl.exp(log_p) * (log_p - log_m), 0.0), axis=0)
             kl_qm += tl.sum(tl.where(mask, tl.exp(log_q) * (log_q - log_m), 0.0), axis=0)
         div = beta * kl_pm + (1.0 - beta) * kl_qm
+    # A NaN logit makes the row's divergence (and below its CE and gradients) NaN by construction,
+    # whatever max/min/exp did with it on this backend.
+    row_nan = (n_nan_s + n_nan_t) > 0
+    div = tl.where(row_nan, float("nan"), div)
 
     kd_coef = kd_const  # loss weight of D_r: alpha_kl * c_T * w_r / n_kd
     if HAS_ROW_COEF:
@@ -432,7 +445,7 @@ def _kd_fwd_kernel(
         s_y = tl.load(s_row + y_safe).to(tl.float32)
         ce = (m_s - s_y) + tl.log(d_1)  # lse(s) - s_y; m_s - s_y first: exact even at |logits| ~ 1e4
         # An out-of-range label (only CUDA inputs skip the host check) poisons the row with NaN.
-        ce = tl.where(labelled, tl.where(in_range, ce, float("nan")), 0.0)
+        ce = tl.where(labelled, tl.where(in_range & (n_nan_s == 0), ce, float("nan")), 0.0)
         tl.store(ce_rows_ptr + row, ce)
         ce_coef = tl.where(labelled, alpha_ce * tl.load(inv_n_ce_ptr), 0.0)
         row_loss += ce_coef * ce
@@ -469,9 +482,11 @@ def _kd_fwd_kernel(
                 if CE_GRAD:
                     onehot = tl.where(cols == y, 1.0, 0.0)
                     ds += ce_coef * (tl.exp(s - m_s) / d_1 - onehot)
+                ds = tl.where(row_nan, float("nan"), ds)
                 tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), mask=mask)
             if TEACHER_GRAD:
-                tl.store(dt_row + cols, (g * grad_b).to(dt_ptr.dtype.element_ty), mask=mask)
+                dt = tl.where(row_nan, float("nan"), g * grad_b)
+                tl.store(dt_row + cols, dt.to(dt_ptr.dtype.element_ty), mask=mask)
 
 
 @_jit

@@ -49,9 +49,17 @@ row statistics are one pass with online (max, sum) rescaling and the centred fac
 ``KL_fwd = Σ e^{c−M_c}((c−M_c) − (a−M_a))/d_c − log d_c + log d_a`` (and its mirror for KL_rev),
 which stays accurate when teacher ≈ student (self-distillation) and for logits of ±1e4. q − p is
 formed in fp32 and rounded once, when dS is stored in the student's dtype. Masked lanes use
-−1e30 (never −inf, so no inf − inf). NaN at a valid position propagates to the loss, its row and
-the gradient; a NaN at a masked position is ignored like any masked value; a row with no valid
-position gives NaN (``validate`` reports it as an error first when enabled).
+−1e30 (never −inf, so no inf − inf).
+
+NaN. A NaN logit at a valid position of row (b, h) makes kl_rows[b, h], the loss and dS at every
+valid position of that row NaN; ce_rows[b, h] too if the NaN is in the student (CE reads only the
+student); coef_rows[b, h] if it is in the teacher (the ranking is undefined), and with it the
+coefficient of its example (scope "example") or of the whole batch (scope "batch": then all of dS,
+masked positions included, is NaN). Other rows stay finite. The kernel counts NaNs with x != x and sets these outputs
+explicitly, so this holds on every backend and Triton version (the NaN behaviour of max/min is
+not specified: compiled ``tl.max`` drops NaN). A NaN at a masked position is ignored like any
+masked value; a row with no valid position gives NaN (``validate`` reports it as an error first
+when enabled).
 
 Launches. Forward: one kernel (rows in [ROWS, BLOCK_L] tiles, the last program to finish reduces
 the per-row values into the loss through a self-resetting ticket counter). Backward: one kernel
@@ -355,8 +363,18 @@ def rank_scores(teacher: Tensor, gold: Tensor, valid: Tensor | None, coef: CoefM
     """Per-row rank score (see module docstring) from teacher logits, no gradient.
 
     teacher: [..., L]; gold: [...] int; valid: bool broadcastable to teacher, or None (all valid).
-    Returns float64 [...]. Uses a stable sort: an oracle independent of the kernel's counting.
+    Returns float64 [...]; NaN for a row with a NaN teacher logit at a valid position (its ranking is
+    undefined). Uses a stable sort: an oracle independent of the kernel's counting.
     """
+    with torch.no_grad():
+        nan = torch.isnan(teacher)
+        nan_row = (nan if valid is None else nan & valid).any(-1)
+        score = _rank_scores(teacher, gold, valid, coef, k, window)
+        return torch.where(nan_row, torch.nan, score)
+
+
+def _rank_scores(teacher: Tensor, gold: Tensor, valid: Tensor | None, coef: CoefMode, k: int,
+                 window: int) -> Tensor:
     with torch.no_grad():
         L = teacher.shape[-1]
         order = stable_rank_order(teacher, valid)
@@ -525,6 +543,8 @@ def _head_stats(
     u = tl.zeros([ROWS], tl.float32)  # Σ e^{c - mc} ((c - mc) - (a - ma))   -> KL_fwd
     v = tl.zeros([ROWS], tl.float32)  # Σ e^{a - ma} ((a - ma) - (c - mc))   -> KL_rev
     n_valid = tl.zeros([ROWS], tl.int32)
+    nan_s = tl.zeros([ROWS], tl.int32)  # NaN count at valid positions: the explicit NaN flags
+    nan_t = tl.zeros([ROWS], tl.int32)
     cnt = tl.zeros([ROWS, NT], tl.int32)  # valid positions ranked before each target
     for start in range(0, L, BLOCK_L):
         pos = start + cols[None, :]  # [1, BLOCK_L]
@@ -532,6 +552,9 @@ def _head_stats(
         xs = tl.load(s_ptr + rows[:, None] * stride_sb + pos * stride_sl, mask=valid, other=0.0).to(tl.float32)
         xt = tl.load(t_ptr + rows[:, None] * stride_tb + pos * stride_tl, mask=valid, other=0.0).to(tl.float32)
         n_valid += tl.sum(valid.to(tl.int32), axis=1)
+        # x != x is IEEE's NaN test, defined on every backend; max/min are not (compiled tl.max drops NaN).
+        nan_s += tl.sum((valid & (xs != xs)).to(tl.int32), axis=1)
+        nan_t += tl.sum((valid & (xt != xt)).to(tl.int32), axis=1)
         a = tl.where(valid, xs / T, -1.0e30)
         c = tl.where(valid, xt / T, -1.0e30)
         ma_new = tl.maximum(ma, tl.max(a, axis=1))
@@ -562,7 +585,7 @@ def _head_stats(
                 tp = tl.max(tl.where(sel, tgt_pos, -1), axis=1)
                 before = valid & ((xt > tv[:, None]) | ((xt == tv[:, None]) & (pos < tp[:, None])))
                 cnt += tl.where(sel, tl.sum(before.to(tl.int32), axis=1)[:, None], 0)
-    return ma, da, mc, dc, u, v, ms, ds, n_valid, cnt
+    return ma, da, mc, dc, u, v, ms, ds, n_valid, nan_s, nan_t, cnt
 
 
 @triton.jit
@@ -582,11 +605,14 @@ def _head_values(
     ms,
     ds,
     n_valid,
+    nan_s,  # [R] NaN count of the student row (valid positions)
+    nan_t,  # [R] NaN count of the teacher row
     T2F,
     DIRECTION: tl.constexpr,
     HAS_CE: tl.constexpr,
 ):
-    """Per-row KL (× T2F), CE and the log-normalisers the gradient pass needs."""
+    """Per-row KL (× T2F), CE and the log-normalisers the gradient pass needs. NaN rows are set to
+    NaN here explicitly: KL if either side has a NaN, CE if the student has one."""
     has = n_valid > 0
     da1 = tl.where(has, da, 1.0)  # rows with no valid position become NaN below, without 0/0
     dc1 = tl.where(has, dc, 1.0)
@@ -601,14 +627,14 @@ def _head_values(
         kl = rkl
     else:
         kl = fkl + rkl
-    kl = tl.where(has, kl * T2F, float("nan"))
+    kl = tl.where(has & (nan_s + nan_t == 0), kl * T2F, float("nan"))
     ce = tl.zeros_like(kl)
     lds = tl.zeros_like(kl)
     if HAS_CE:
         ds1 = tl.where(has, ds, 1.0)
         lds = tl.log(ds1)
         s_g = tl.load(s_ptr + rows * stride_sb + gold * stride_sl, mask=gold_ok, other=0.0).to(tl.float32)
-        ce = tl.where(gold_ok & has, (ms - s_g) + lds, float("nan"))  # CE = lse(s) - s_g
+        ce = tl.where(gold_ok & has & (nan_s == 0), (ms - s_g) + lds, float("nan"))  # CE = lse(s) - s_g
     return kl, rkl, ce, lda, ldc, lds
 
 
@@ -871,11 +897,11 @@ def _span_kd_fwd_kernel(
             tgt_v0, tgt_p0, tgt_v1, tgt_p1 = wtv0, wpos0, wtv1, wpos1
 
     # ---- pass 1: row statistics (one read of s and t) --------------------------------------------
-    ma0, da0, mc0, dc0, u0, v0, ms0, ds0, nv0, cnt0 = _head_stats(
+    ma0, da0, mc0, dc0, u0, v0, ms0, ds0, nv0, ns0, nt0, cnt0 = _head_stats(
         s0_ptr, t0_ptr, stride_sb, stride_sl, stride_tb, stride_tl, rows, row_ok, row_len, mask_ptr,
         stride_mb, stride_ml, L, T, tgt_v0, tgt_p0,
         HAS_LENGTHS, HAS_MASK, HAS_CE, NEED_FWD, NEED_REV, RANKED, NT, ROWS, BLOCK_L)
-    ma1, da1, mc1, dc1, u1, v1, ms1, ds1, nv1, cnt1 = _head_stats(
+    ma1, da1, mc1, dc1, u1, v1, ms1, ds1, nv1, ns1, nt1, cnt1 = _head_stats(
         s1_ptr, t1_ptr, stride_sb, stride_sl, stride_tb, stride_tl, rows, row_ok, row_len, mask_ptr,
         stride_mb, stride_ml, L, T, tgt_v1, tgt_p1,
         HAS_LENGTHS, HAS_MASK, HAS_CE, NEED_FWD, NEED_REV, RANKED, NT, ROWS, BLOCK_L)
@@ -885,16 +911,17 @@ def _span_kd_fwd_kernel(
     gold_ok1 = tl.max(_valid_at(rows, gold1[:, None], row_ok, row_len, L, mask_ptr, stride_mb, stride_ml,
                                 HAS_LENGTHS, HAS_MASK).to(tl.int32), axis=1) > 0
     kl0, rkl0, ce0, lda0, ldc0, lds0 = _head_values(s0_ptr, stride_sb, stride_sl, rows, gold0, gold_ok0,
-                                                    ma0, da0, mc0, dc0, u0, v0, ms0, ds0, nv0, T2F,
+                                                    ma0, da0, mc0, dc0, u0, v0, ms0, ds0, nv0, ns0, nt0, T2F,
                                                     DIRECTION, HAS_CE)
     kl1, rkl1, ce1, lda1, ldc1, lds1 = _head_values(s1_ptr, stride_sb, stride_sl, rows, gold1, gold_ok1,
-                                                    ma1, da1, mc1, dc1, u1, v1, ms1, ds1, nv1, T2F,
+                                                    ma1, da1, mc1, dc1, u1, v1, ms1, ds1, nv1, ns1, nt1, T2F,
                                                     DIRECTION, HAS_CE)
     score0 = tl.zeros([ROWS], tl.float32)
     score1 = tl.zeros([ROWS], tl.float32)
     if RANKED:
-        score0 = _score(cnt0, wpos0, wrel0, wtv0, topk, COEF_MODE, NT)
-        score1 = _score(cnt1, wpos1, wrel1, wtv1, topk, COEF_MODE, NT)
+        # A NaN teacher logit leaves the ranking undefined: the row's score is NaN.
+        score0 = tl.where(nt0 == 0, _score(cnt0, wpos0, wrel0, wtv0, topk, COEF_MODE, NT), float("nan"))
+        score1 = tl.where(nt1 == 0, _score(cnt1, wpos1, wrel1, wtv1, topk, COEF_MODE, NT), float("nan"))
 
     # ---- pass 2: dS into its own buffer ----------------------------------------------------------
     if COMPUTE_GRAD:
@@ -907,15 +934,18 @@ def _span_kd_fwd_kernel(
         elif SCOPE_EXAMPLE:
             w = alpha_kl * 0.5 * (score0 + score1)
         kl_w = w * (T2F / T) * inv_n  # d(F·KL)/ds = (F/T) dKL/da
-        ce_w0 = tl.where(gold_ok0, alpha_ce * inv_n, float("nan"))
-        ce_w1 = tl.where(gold_ok1, alpha_ce * inv_n, float("nan"))
+        # NaN weights make every valid position of a NaN row NaN, whatever exp/max did with the NaN.
+        kl_w0 = tl.where(ns0 + nt0 == 0, kl_w, float("nan"))
+        kl_w1 = tl.where(ns1 + nt1 == 0, kl_w, float("nan"))
+        ce_w0 = tl.where(gold_ok0 & (ns0 == 0), alpha_ce * inv_n, float("nan"))
+        ce_w1 = tl.where(gold_ok1 & (ns1 == 0), alpha_ce * inv_n, float("nan"))
         _head_grad(s0_ptr, t0_ptr, g0_ptr, k0_ptr, stride_sb, stride_sl, stride_tb, stride_tl, stride_gb,
                    stride_gl, rows, row_ok, row_len, mask_ptr, stride_mb, stride_ml, L, T, gold0,
-                   ma0, lda0, mc0, ldc0, rkl0, ms0, lds0, ce_w0, kl_w,
+                   ma0, lda0, mc0, ldc0, rkl0, ms0, lds0, ce_w0, kl_w0,
                    HAS_LENGTHS, HAS_MASK, HAS_CE, NEED_FWD, NEED_REV, SPLIT, ROWS, BLOCK_L)
         _head_grad(s1_ptr, t1_ptr, g1_ptr, k1_ptr, stride_sb, stride_sl, stride_tb, stride_tl, stride_gb,
                    stride_gl, rows, row_ok, row_len, mask_ptr, stride_mb, stride_ml, L, T, gold1,
-                   ma1, lda1, mc1, ldc1, rkl1, ms1, lds1, ce_w1, kl_w,
+                   ma1, lda1, mc1, ldc1, rkl1, ms1, lds1, ce_w1, kl_w1,
                    HAS_LENGTHS, HAS_MASK, HAS_CE, NEED_FWD, NEED_REV, SPLIT, ROWS, BLOCK_L)
 
     # ---- per-row outputs, then the last program reduces them into the loss -----------------------

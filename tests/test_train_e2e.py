@@ -126,8 +126,20 @@ def launch_env(**extra: str) -> dict[str, str]:
 
 
 def test_single_process_without_launcher(job, tmp_path):
+    """One process, no launcher; then a second train into the finished run is refused and changes nothing."""
     xdist("train", str(job), *SHORT, "--set", f"train.output_dir={tmp_path}")
     assert sorted(step_losses(tmp_path)) == [1, 2, 3, 4]
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    again = subprocess.run([sys.executable, "-m", "xdist.cli", "train", str(job), *SHORT,
+                            "--set", f"train.output_dir={tmp_path}"], cwd=REPO, env=ENV, capture_output=True,
+                           text=True, timeout=240)
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+    assert "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert snapshot() == before
 
 
 def test_two_nodes_through_torchrun_script(job, tmp_path):

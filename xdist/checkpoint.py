@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from xdist import distributed
+from xdist.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _BYTES_PER_PARAM = 16
 _MARGIN = 1 << 20
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint could not be written or no checkpoint can be resumed; the message says what to do."""
 
 

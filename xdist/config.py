@@ -26,8 +26,10 @@ from typing import Any, Literal
 
 import yaml
 
+from xdist.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown, mistyped or out of range. The message names the field."""
 
 
@@ -112,6 +114,18 @@ class SourceConfig:
     sampling: SamplingConfig | None = None
     """Cross-lingual sampling of (question, context) pairs per question (``format: xquad`` only; replaces
     ``pairs``). None = the cells of ``pairs``."""
+
+    metric: Literal["squad", "mlqa"] | None = None
+    """How answers are normalised when this source is scored as an eval set: ``squad`` (the SQuAD v1.1
+    script: ASCII punctuation, English articles, whitespace tokens, whatever the language) or ``mlqa``
+    (MLQA's script: Unicode punctuation, the answer language's articles, Chinese by character; only MLQA's
+    seven languages). None = the protocol of the data set's own papers: ``mlqa`` for ``format: mlqa``,
+    ``squad`` for XQuAD (as Carrino et al. score it), TyDi QA and SQuAD."""
+
+    @property
+    def scoring(self) -> Literal["squad", "mlqa"]:
+        """The normalisation this source is scored with (:attr:`metric`, or the format's default)."""
+        return self.metric or ("mlqa" if self.format == "mlqa" else "squad")
 
     def __post_init__(self) -> None:
         if self.sampling is not None:
@@ -503,6 +517,10 @@ def expand_env(value: str, path: str = "") -> str:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

@@ -87,6 +87,23 @@ def disable_deepspeed_shm_comm() -> None:
         compatible_ops["deepspeed_shm_comm"] = False
 
 
+def _default_group_timeout(timeout: timedelta) -> None:
+    """Make ``timeout`` the default of every process group created from now on, not just the world group.
+
+    Why: DeepSpeed builds its data-parallel groups with ``torch.distributed.new_group(ranks)``, which takes
+    torch's module default (30 minutes), not the world group's timeout, and has no option for it: a
+    stopped rank then blocked the others in a gradient reduction for the whole half hour whatever
+    ``init_process_group`` was given (measured: no timeout within 120 s with a 6 s world-group timeout).
+    ``new_group`` reads the module-level default when called, so setting it here reaches DeepSpeed's groups.
+    This pokes a torch internal; if it is gone in another version, only the world group times out.
+    """
+    from torch.distributed import distributed_c10d
+
+    for name in ("default_pg_timeout", "default_pg_nccl_timeout"):
+        if isinstance(getattr(distributed_c10d, name, None), timedelta):
+            setattr(distributed_c10d, name, timeout)
+
+
 def setup_distributed(collective_timeout_s: float | None = None) -> DistEnv:
     """Initialise the process group (once) and return this process's :class:`DistEnv`.
 
@@ -136,8 +153,11 @@ def setup_distributed(collective_timeout_s: float | None = None) -> DistEnv:
     if not torch_dist.is_initialized():
         import deepspeed
 
+        timeout = {}
+        if collective_timeout_s is not None:
+            timeout["timeout"] = timedelta(seconds=collective_timeout_s)
+            _default_group_timeout(timeout["timeout"])
         # Env vars are complete, so DeepSpeed skips its MPI discovery.
-        timeout = {} if collective_timeout_s is None else {"timeout": timedelta(seconds=collective_timeout_s)}
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **timeout)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 

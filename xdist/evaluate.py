@@ -26,7 +26,9 @@ from xdist.data.examples import QAExample, QAFeature
 from xdist.data.features import featurize
 from xdist.data.readers import read_source
 from xdist.distributed import DistEnv, all_gather_object
+from xdist.errors import ConfigValueError, MissingPathError
 from xdist.evaluation import EvalResult, evaluate_qa, heatmap_image, write_report
+from xdist.evaluation.normalize import normalizer_for
 from xdist.methods.base import MODEL_INPUTS
 
 log = logging.getLogger("xdist.eval")
@@ -39,6 +41,8 @@ class EvalSet:
     name: str
     examples: list[QAExample]
     features: list[QAFeature]
+    scoring: str = "squad"
+    """Answer normalisation of the scores (``eval.sets[].metric``, or the format's default)."""
 
 
 def _feature_tensors(features: list[QAFeature], device: torch.device) -> dict[str, torch.Tensor]:
@@ -55,12 +59,18 @@ class QAEvaluator:
         self.cfg = cfg
         self.dist = dist
         self.sets: list[EvalSet] = []
-        for source in cfg.eval.sets:
+        for index, source in enumerate(cfg.eval.sets):
             read = read_source(source, cfg.data)
+            for language in sorted({e.context_lang for e in read.examples}):
+                try:  # a scoring rule that cannot apply is a config error now, not after training
+                    normalizer_for(language, source.scoring)
+                except ValueError as err:
+                    raise ConfigValueError(f"config field 'eval.sets[{index}].metric' (set {source.name!r}): {err}; "
+                                           "use metric: squad for this set") from None
             if read.skipped.total:
                 log.warning("eval set %s: %s", source.name, read.skipped.summary())
             featurized = featurize(read.examples, tokenizer, cfg.features)
-            self.sets.append(EvalSet(source.name, read.examples, featurized.features))
+            self.sets.append(EvalSet(source.name, read.examples, featurized.features, source.scoring))
             log.info(
                 "eval set %s: %d examples, %d features, %d cells",
                 source.name, len(read.examples), len(featurized.features),
@@ -109,6 +119,7 @@ class QAEvaluator:
                 results[eval_set.name] = evaluate_qa(
                     eval_set.examples, eval_set.features, start, end, name=eval_set.name,
                     n_best=self.cfg.eval.n_best, max_answer_length=self.cfg.eval.max_answer_length,
+                    scheme=eval_set.scoring,
                 )
         if not self.dist.is_main:
             return None
@@ -130,7 +141,9 @@ def evaluate_checkpoint(cfg: JobConfig, checkpoint: str, *, out_dir: str | None 
     """``xdist eval``: load an exported Hugging Face QA checkpoint and evaluate it on ``cfg.eval.sets``.
 
     Runs on every rank of the job (each rank forwards a share of the features); the main rank writes
-    the report to ``out_dir`` (default ``<checkpoint>/eval``) and returns the metrics.
+    the report to ``out_dir`` and returns the metrics. The default ``out_dir`` is ``eval/<checkpoint name>``
+    beside the checkpoint (``runs/demo/eval/export`` for ``runs/demo/export``): next to the run's own
+    evaluations, never inside the checkpoint, which stays a clean ``save_pretrained`` directory.
     """
     from transformers import AutoModelForQuestionAnswering
 
@@ -139,19 +152,19 @@ def evaluate_checkpoint(cfg: JobConfig, checkpoint: str, *, out_dir: str | None 
     from xdist.monitor import setup_logging
 
     if not cfg.eval.sets:
-        raise ValueError("config field 'eval.sets': nothing to evaluate; add at least one source")
+        raise ConfigValueError("config field 'eval.sets': nothing to evaluate; add at least one source")
     path = Path(checkpoint)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--checkpoint {checkpoint!r}: expected an exported model directory with config.json "
-            "(train writes one to <output_dir>/export)"
+        raise MissingPathError(
+            f"--checkpoint {checkpoint!r}: not an exported model directory (no config.json in it); point it at "
+            "a save_pretrained directory such as <train.output_dir>/export"
         )
     dist = setup_distributed()
     setup_logging(dist.rank)
     tokenizer = load_tokenizer(cfg.features.tokenizer)
     model = AutoModelForQuestionAnswering.from_pretrained(path, local_files_only=True).to(dist.device).eval()
     evaluator = QAEvaluator(cfg, tokenizer, dist)
-    out = Path(out_dir) if out_dir else path / "eval"
+    out = Path(out_dir) if out_dir else path.resolve().parent / "eval" / path.resolve().name
     metrics = evaluator.run(model, out)
     if dist.is_main and metrics:
         for name, summary in metrics.get("summary", {}).items():

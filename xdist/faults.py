@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from xdist.errors import UserError
+
 log = logging.getLogger(__name__)
 
 WATCHDOG_EXIT_CODE = 75
@@ -35,7 +37,7 @@ WATCHDOG_EXIT_CODE = 75
 _PR_SET_PDEATHSIG = 1
 
 
-class Interrupted(RuntimeError):
+class Interrupted(UserError):
     """Training stopped on a termination signal; ``exit_code`` is 128 + the signal number."""
 
     def __init__(self, message: str, signum: int) -> None:
@@ -43,12 +45,13 @@ class Interrupted(RuntimeError):
         self.exit_code = 128 + signum
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, ArithmeticError):
     """A loss part or the gradient norm was non-finite and ``train.on_nonfinite`` says to stop."""
 
 
-class CollectiveTimeout(RuntimeError):
-    """A collective operation timed out (another rank died, hangs or is stopped)."""
+class CollectiveTimeout(UserError, TimeoutError):
+    """A collective operation timed out (another rank died, hangs or is stopped); the message names the rank,
+    the step and the phase, which is what a user needs rather than gloo's traceback."""
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:

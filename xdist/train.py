@@ -52,6 +52,7 @@ from xdist.faults import (
 from xdist.methods import build_method
 from xdist.models import build_qa_model
 from xdist.monitor import Monitor, Throughput, flatten, setup_logging
+from xdist.rundir import claim_output_dir
 
 log = logging.getLogger("xdist.train")
 
@@ -123,14 +124,20 @@ def new_run_id() -> str:
     return os.environ.get("XDIST_RUN_ID") or broadcast_object(uuid.uuid4().hex)
 
 
-def train(cfg: JobConfig, *, resume: bool = False) -> TrainResult:
+def train(cfg: JobConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data.shards`` with ``cfg.train``; evaluate on ``cfg.eval``.
+
+    A directory that already holds a run is refused unless ``resume`` or ``overwrite``
+    (:func:`claim_output_dir`); a restart by torchrun (``--max-restarts``) goes on in its own directory.
 
     Raises :class:`xdist.faults.Interrupted` after a SIGTERM/SIGINT (once the step is finished and, if it
     fits the grace period, a checkpoint written), :class:`xdist.faults.NonFiniteError` when
     ``train.on_nonfinite`` stops the run, :class:`xdist.checkpoint.DiskFullError` when a checkpoint does not
     fit, and :class:`xdist.faults.CollectiveTimeout` when a step's collective times out.
     """
+    if restart_count() == 0:  # a restarted rank finds its own run there (and must not delete it)
+        claim_output_dir(Path(cfg.train.output_dir), resume=resume, overwrite=overwrite,
+                         rank=int(os.environ.get("RANK", "0")))
     stop = GracefulStop().install()
     watchdog: Watchdog | None = None
     try:

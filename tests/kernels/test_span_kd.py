@@ -389,6 +389,47 @@ def test_nan_propagates_and_masked_nan_is_ignored(rng, backend):
     assert got.item() == pytest.approx(want.item(), rel=2e-5)
 
 
+def _nan_pattern(out, grad) -> dict[str, torch.Tensor]:
+    parts = dict(loss=out.loss, coef=out.coef, ce_rows=out.ce_rows, kl_rows=out.kl_rows, coef_rows=out.coef_rows,
+                 grad=grad)
+    return {k: torch.isnan(v.detach()).cpu() for k, v in parts.items() if v is not None}
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "symmetric"])
+@pytest.mark.parametrize("coef,scope", [("constant", "batch"), ("map", "batch"), ("ap", "example")])
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_nan_pattern_matches_reference(rng, direction, coef, scope, side):
+    """Exactly the outputs the float64 reference makes NaN are NaN (module docstring, "NaN"). With
+    rows_per_program=2 the NaN example shares its tile with a neighbour, which must stay finite (unless
+    a NaN batch coefficient makes everything NaN)."""
+    s, t, gold, lengths, _ = make_case(rng, 5, 37, validity="lengths")
+    lengths[2] = 37
+    b, h = 2, int(torch.randint(0, 2, (1,), generator=rng))
+    pos = int(torch.randint(0, 37, (1,), generator=rng))
+    (s if side == "student" else t)[b, h, pos] = float("nan")
+    kw = dict(lengths=lengths, coef=coef, scope=scope, direction=direction, alpha_ce=0.7)
+    out, grad = run_triton(s, t, gold, 2.0, rows_per_program=2, **kw)
+    ref, ref_grad = run_reference64(s, t, gold, 2.0, **kw)
+    got, want = _nan_pattern(out, grad), _nan_pattern(ref, ref_grad)
+    assert got.keys() == want.keys()
+    batch_coef_nan = side == "teacher" and coef != "constant" and scope == "batch"
+    if batch_coef_nan:
+        # The reference keeps 0 at masked positions; the kernel's backward (no mask at hand) makes all of dS NaN.
+        valid = (torch.arange(37)[None, :] < lengths[:, None])[:, None, :].expand(-1, 2, -1)
+        assert got["grad"].all() and want["grad"][valid].all(), "a NaN batch coefficient must make dS NaN"
+        del got["grad"], want["grad"]
+    for name in want:
+        assert torch.equal(got[name], want[name]), f"NaN pattern of {name} differs: got {got[name]}, want {want[name]}"
+    assert got["loss"] and got["kl_rows"][b, h]
+    assert bool(got["ce_rows"][b, h]) == (side == "student")
+    assert bool(got["coef"]) == (side == "teacher" and coef != "constant")  # the applied (mean) weight
+    others = torch.ones(5, dtype=torch.bool)
+    others[b] = False
+    assert not got["kl_rows"][others].any()
+    if not batch_coef_nan:  # other examples: finite
+        assert got["grad"][b, h, : int(lengths[b])].all() and not got["grad"][others].any()
+
+
 def test_gradient_buffer_is_fresh_and_inputs_untouched(rng):
     s, t, gold, lengths, _ = make_case(rng, 3, 33)
     s = s.requires_grad_(True)
@@ -537,6 +578,7 @@ def test_reference_matches_authors_kl_and_ce(rng):
 # ------------------------------------------------------------------------------------------------
 
 _COMPILE_SCRIPT = r"""
+import re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -557,8 +599,9 @@ base = dict(DIRECTION=2, HAS_CE=True, COEF_MODE=1, SCOPE_EXAMPLE=False, HAS_LENG
 # the launcher specialises integer arguments equal to 1 (B = 1, L = 1, k = 1, mrr's window) to constants
 tiny = dict(base, B=1, L=1, topk=1, win_len=1, stride_sl=1, stride_tl=1, stride_gl=1, BLOCK_L=1, ROWS=1)
 for cx in (base, dict(base, COEF_MODE=2, SCOPE_EXAMPLE=True, SPLIT=False, ROWS=1, BLOCK_L=4096), tiny):
-    triton.compile(ASTSource(fn=m._span_kd_fwd_kernel, signature=fwd, constexprs=cx),
-                   target=GPUTarget("cuda", 90, 32))
+    ptx = triton.compile(ASTSource(fn=m._span_kd_fwd_kernel, signature=fwd, constexprs=cx),
+                         target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    print("nan-tests", len(re.findall(r"setp\.(?:nan|neu)\.", ptx)))  # LLVM may test the bf16/fp16 input
 bwd = sig(m._span_kd_bwd_kernel, dict(o0_ptr="*bf16", o1_ptr="*bf16", a0_ptr="*fp32", a1_ptr="*fp32",
                                       k0_ptr="*fp32", k1_ptr="*fp32", go_ptr="*fp32", coef_ptr="*fp32"))
 triton.compile(ASTSource(fn=m._span_kd_bwd_kernel, signature=bwd,
@@ -569,7 +612,7 @@ print("compiled")
 
 def test_kernels_compile_for_sm90():
     """The interpreter does not type-check like the compiler: build real sm_90 cubins offline
-    (triton ships ptxas; no GPU or driver needed)."""
+    (triton ships ptxas; no GPU or driver needed). The PTX must keep the explicit NaN tests."""
     import triton
 
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -581,6 +624,9 @@ def test_kernels_compile_for_sm90():
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+    # The explicit NaN test (x != x) must survive into the PTX (compiled max/min drop NaN).
+    counts = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("nan-tests")]
+    assert len(counts) == 3 and min(counts) > 0, proc.stdout
 
 
 @pytest.mark.gpu

@@ -60,11 +60,12 @@ from typing import Any
 from xdist.config import DataConfig, SourceConfig, TitleSplitConfig, expand_env
 from xdist.data.examples import Answer, Cell, QAExample
 from xdist.data.sampling import SamplingReport, question_cells, question_languages
+from xdist.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Raw data is missing, malformed or inconsistent; the message names the file and the record or field."""
 
 

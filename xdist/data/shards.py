@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from xdist.data.examples import QAFeature, cell_name
 from xdist.data.features import tokenizer_directory
+from xdist.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ _KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 _KEY_MAX_ESCAPED = 120
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """Shards or their manifest are missing, malformed or do not match what the caller expects."""
 
 

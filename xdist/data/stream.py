@@ -65,6 +65,7 @@ from xdist.data.shards import (
     raw_samples,
     tokenizer_fingerprint,
 )
+from xdist.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ Batch = dict[str, Any]
 ``start_positions``, ``end_positions`` (long [B]), ``keys`` and ``cells`` (lists of B strings)."""
 
 
-class StreamError(ValueError):
+class StreamError(UserError, ValueError):
     """The stream cannot be planned or resumed as asked; the message says why and what to change."""
 
 

@@ -1,0 +1,1 @@
+"""The cross-lingual classification family (XNLI, PAWS-X, XCOPA): readers, features, heads, metrics."""

@@ -28,6 +28,7 @@ from xdist import checkpoint
 from xdist.config import ConfigError, DataConfig, TrainConfig, load_config
 from xdist.data.shards import ShardError, decode_sample, load_manifest, raw_samples, write_shards
 from xdist.data.stream import TrainStream
+from xdist.errors import EXIT_USER_ERROR
 from xdist.faults import NonFiniteError, NonFiniteGuard, die_with_parent, json_safe
 
 # --------------------------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ def test_sigterm_reaches_every_rank_checkpoints_and_resumes(job, tmp_path, refer
     proc = start("train", str(job), *JOB, "--set", "train.checkpoint_every=8", "--set", f"train.output_dir={out}")
     wait_for_step(out, 3, proc)
     tree = descendants(proc.pid)
-    assert len(tree) >= 3, tree  # torchrun and two ranks
+    assert len(tree) >= 2, tree  # two ranks (torchrun's agent runs inside xdist)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
@@ -429,7 +430,7 @@ def test_full_disk_keeps_the_previous_checkpoint(job, tmp_path):
               f"status=$?; cp -r {out} {keep}; exit $status")
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=ENV, capture_output=True,
                             text=True, timeout=240)
-    assert result.returncode != 0
+    assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
     messages = [line for line in result.stderr.splitlines() if "xdist train: error:" in line]
     assert len(messages) == 1, result.stderr[-3000:]
     assert f"checkpoint step4: not enough space in {out}/checkpoints: needs about 6" in messages[0]
@@ -451,7 +452,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_writes_nothing_nonfinite(job, 
                      "--set", "train.max_nonfinite_steps=2", "--set", f"train.on_nonfinite={policy}",
                      "--set", f"train.output_dir={out}")
         _, stderr = proc.communicate(timeout=180)
-        assert proc.returncode == 1, stderr[-3000:]
+        assert proc.returncode == EXIT_USER_ERROR, stderr[-3000:]
         errors = [line for line in stderr.splitlines() if "xdist train: error:" in line]
         assert len(errors) == 1, stderr[-3000:]
         if policy == "stop":

@@ -104,6 +104,29 @@ def _default_group_timeout(timeout: timedelta) -> None:
             setattr(distributed_c10d, name, timeout)
 
 
+def _restart_attempt() -> int:
+    """torchrun's restart count of this rank when it meets its peers in the launcher's store, else 0."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return 0
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def _init_restarted_group(backend: str, rank: int, world_size: int, timeout: timedelta | None) -> None:
+    """The world group of a rank restarted by torchrun (``--max-restarts``), with keys of its own attempt.
+
+    Why: the restarted ranks meet again in torchrun's store, which still holds the failed attempt's gloo
+    addresses under the same keys; the new ranks then connect to the dead ranks' ports and time out
+    (measured with torch 2.13, ``--standalone``: "connectFullMesh failed ... Connection refused"). Prefixing
+    the store with the attempt gives every attempt, and the groups DeepSpeed derives from it, fresh keys.
+    """
+    timeout = timeout or timedelta(minutes=30)
+    store = torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
+    )
+    prefixed = torch_dist.PrefixStore(f"xdist/attempt_{_restart_attempt()}/", store)
+    torch_dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world_size, timeout=timeout)
+
+
 def setup_distributed(collective_timeout_s: float | None = None) -> DistEnv:
     """Initialise the process group (once) and return this process's :class:`DistEnv`.
 
@@ -157,7 +180,9 @@ def setup_distributed(collective_timeout_s: float | None = None) -> DistEnv:
         if collective_timeout_s is not None:
             timeout["timeout"] = timedelta(seconds=collective_timeout_s)
             _default_group_timeout(timeout["timeout"])
-        # Env vars are complete, so DeepSpeed skips its MPI discovery.
+        if _restart_attempt() > 0:
+            _init_restarted_group(backend, rank, world_size, timeout.get("timeout"))
+        # Env vars are complete, so DeepSpeed skips its MPI discovery (and adopts a group that exists).
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **timeout)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 

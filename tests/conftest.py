@@ -16,6 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("XDIST_DATA", REPO.parent / "shared" / "data"))
+# Configs built in code (their defaults read these) resolve to the test data, never to the Hub.
+os.environ.setdefault("XDIST_DATA", str(DATA_DIR))
+os.environ.setdefault("XDIST_TOKENIZER", str(DATA_DIR / "tokenizers" / "mbert-cased"))
 MBERT_TOKENIZER = "tokenizers/mbert-cased"
 
 

@@ -69,9 +69,14 @@ def test_env_expansion_with_and_without_default(tmp_path, monkeypatch):
 
 def test_defaults_are_expanded_too(monkeypatch):
     monkeypatch.setenv("XDIST_DATA", "/somewhere")
+    monkeypatch.setenv("XDIST_TOKENIZER", "/tok")
     cfg = load_config(None)
     assert cfg.data.root == "/somewhere"
-    assert cfg.features.tokenizer == "/somewhere/tokenizers/mbert-cased"
+    assert cfg.features.tokenizer == "/tok"
+    monkeypatch.delenv("XDIST_DATA")
+    monkeypatch.delenv("XDIST_TOKENIZER")
+    cfg = load_config(None)
+    assert cfg.data.root == "~/.cache/xdist/data" and cfg.features.tokenizer == "bert-base-multilingual-cased"
 
 
 def test_overrides(tmp_path):

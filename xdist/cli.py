@@ -30,7 +30,7 @@ from pathlib import Path
 from xdist.errors import EXIT_USER_ERROR, UserError, debug_enabled, one_paragraph
 
 # Set before torch/deepspeed import so every rank inherits them (see docs in README "Environment").
-_CPU_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+_CPU_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 _ERROR_DIR_ENV = "XDIST_ERROR_DIR"
 """Set by ``--nproc`` for its ranks: where each rank writes its error for the launcher to print once."""
 
@@ -157,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never download; fail if a set is missing (also: XDIST_OFFLINE=1)")
     _subcommand(data, "list", "list the data sets 'xdist data fetch' knows, and whether each is in the data directory")
 
+    p = _subcommand(sub, "demo", "the main job in one command: fetch what is missing, prepare, train on 2 ranks, "
+                                 "evaluate, say where the results are")
+    p.add_argument("config", nargs="?", default=None, help="job config (default: the repository's configs/demo.yaml)")
+    p.add_argument("--nproc", type=int, default=2, metavar="N", help="local ranks to train on")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run (and its shards)")
+    p.add_argument("--offline", action="store_true",
+                   help="never download; use what is in $XDIST_DATA (also: XDIST_OFFLINE=1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+
     p = _subcommand(sub, "compare", "compare runs' evaluations: G-XLT/XLT, per-cell F1, Wilcoxon tests")
     p.add_argument("runs", nargs="+", metavar="RUN_OR_REPORT_DIR",
                    help="training output dir (its eval/final) or report dir (has metrics.json); two or more")
@@ -188,6 +198,61 @@ def _data(args: argparse.Namespace) -> int:
         fetch(name, root, offline=True if args.offline else None)
     print(f"data directory: {root} (recipes read it through data.root; set XDIST_DATA={root} if it is not the default)")
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """``xdist demo``: fetch, prepare, train on ``--nproc`` ranks (evaluating at the end), summarise."""
+    import time
+
+    from xdist.config import load_config
+    from xdist.data.fetch import default_data_dir, fetch
+    from xdist.demo import DEMO_SETS, demo_config, demo_tokenizer, summary
+    from xdist.monitor import setup_logging
+
+    setup_logging()
+    start = time.perf_counter()
+    config = str(demo_config(args.config))
+    data_dir = default_data_dir()
+    for name in DEMO_SETS:
+        fetch(name, data_dir, offline=True if args.offline else None)
+    overrides = [f"data.root={data_dir}", f"features.tokenizer={demo_tokenizer(data_dir)}", *args.overrides]
+    sets = [item for override in overrides for item in ("--set", override)]
+    overwrite = ["--overwrite"] if args.overwrite else []
+    cfg = load_config(config, overrides)
+    print(f"xdist demo: data {data_dir}, tokenizer {cfg.features.tokenizer}, output {cfg.train.output_dir}",
+          flush=True)
+    if args.overwrite:  # the old run goes before prepare (its shards may live inside the run directory)
+        from xdist.rundir import claim_output_dir
+
+        claim_output_dir(Path(cfg.train.output_dir), resume=False, overwrite=True, rank=0)
+    for step in (["prepare", config, *sets, *overwrite], ["train", config, "--nproc", str(args.nproc), *sets]):
+        status = main(step)
+        if status:
+            return status
+    print(summary(Path(cfg.train.output_dir), time.perf_counter() - start))
+    return 0
+
+
+def _resolve_hub_ids(cfg, *, with_model: bool) -> None:
+    """Download (or find in the Hugging Face cache) the tokenizer and model a job names by Hub id, once,
+    before ranks start: they then run with ``HF_HUB_OFFLINE=1`` and read the cache."""
+    from xdist.hub import resolve_pretrained
+
+    resolve_pretrained(cfg.features.tokenizer, field="features.tokenizer", kind="tokenizer")
+    if with_model and cfg.model.checkpoint:
+        resolve_pretrained(cfg.model.checkpoint, field="model.checkpoint")
+
+
+def _quiet_libraries() -> None:
+    """Silence library noise a user can do nothing about (each rank would print it again)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    # DeepSpeed 0.19's ZeRO-1/2 calls torch.distributed.all_gather_into_tensor, deprecated in torch 2.13.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+    # save_pretrained's "Writing model shards" bar for a one-file export, drawn again at every export.
+    hf_logging.disable_progress_bar()
 
 
 def _in_launch() -> bool:
@@ -340,6 +405,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "data":
         return _data(args)
 
+    if args.command == "demo":
+        return _demo(args)
+
     if args.command == "compare":
         from xdist.compare import run_compare
 
@@ -361,6 +429,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
         claim_output_dir(Path(cfg.train.output_dir), resume=args.resume, overwrite=args.overwrite, rank=0)
     if args.command in ("train", "eval") and args.nproc and not _in_launch():
+        _resolve_hub_ids(cfg, with_model=args.command == "train")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # resolved above: ranks read the cache, not the Hub
         return _relaunch(args, argv, cfg.train.signal_grace_s)
     if args.command in ("train", "eval") and _in_launch():
         from xdist.faults import die_with_parent
@@ -374,6 +444,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
         prepare(cfg, overwrite=args.overwrite)
     elif args.command in ("train", "eval"):
+        _quiet_libraries()
         from xdist.distributed import cleanup
 
         try:

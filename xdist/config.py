@@ -6,7 +6,7 @@ under it. Loading is strict: an unknown key, a wrong type or an out-of-range val
 :class:`ConfigError` naming the dotted field (``train.lr``) and what was expected.
 
 Strings may reference environment variables as ``${VAR}`` or ``${VAR:-default}``; they are expanded
-when the file is loaded, so a recipe can say ``root: ${XDIST_DATA:-../shared/data}``.
+when the file is loaded, so a recipe can say ``root: ${XDIST_DATA:-~/.cache/xdist/data}``.
 
 DeepSpeed settings are *not* re-invented here: ``train.deepspeed`` points at a standard DeepSpeed JSON
 file (``configs/deepspeed/zero2.json``...) whose ``"auto"`` values are filled from this config, the way
@@ -167,8 +167,10 @@ class TitleSplitConfig:
 class FeatureConfig:
     """How examples become fixed-length token features (SQuAD-style sliding windows)."""
 
-    tokenizer: str = "${XDIST_DATA:-../shared/data}/tokenizers/mbert-cased"
-    """Local directory of a Hugging Face *fast* tokenizer (``tokenizer.json``)."""
+    tokenizer: str = "${XDIST_TOKENIZER:-bert-base-multilingual-cased}"
+    """A Hugging Face *fast* tokenizer (``tokenizer.json``): a local directory, or a Hub id resolved through
+    the Hugging Face cache (downloaded unless ``HF_HUB_OFFLINE=1``). Default: ``$XDIST_TOKENIZER``, else the
+    Hub's multilingual BERT (cased)."""
 
     max_length: int = 384
     """Tokens per feature: ``[CLS] question [SEP] context-window [SEP]`` plus padding."""
@@ -195,7 +197,7 @@ class FeatureConfig:
 class DataConfig:
     """Raw sources, the article split, and where shards are written and read."""
 
-    root: str = "${XDIST_DATA:-../shared/data}"
+    root: str = "${XDIST_DATA:-~/.cache/xdist/data}"
     """Directory (or URL prefix) that relative source paths are resolved against."""
 
     train: list[SourceConfig] = field(default_factory=list)
@@ -243,7 +245,8 @@ class ModelConfig:
     """The QA model: a ``transformers`` architecture built from a config, or a local checkpoint."""
 
     checkpoint: str | None = None
-    """Local directory of a ``save_pretrained`` checkpoint to start from (None = random init)."""
+    """``save_pretrained`` checkpoint to start from: a local directory or a Hugging Face Hub id such as
+    ``xlm-roberta-large`` (safetensors weights; downloaded unless ``HF_HUB_OFFLINE=1``). None = random init."""
 
     model_type: str = "bert"
     """``transformers`` model type for random init (``bert``, ``xlm-roberta``, ...)."""

@@ -89,7 +89,7 @@ class QAEvaluator:
         mine += [mine[-1]] * (per_rank - len(mine))
         starts, ends = [], []
         batches = range(0, per_rank, batch_size)
-        for lo in tqdm(batches, desc="eval", disable=not dist.is_main, leave=False):
+        for lo in tqdm(batches, desc="eval", disable=None if dist.is_main else True, leave=False):
             idx = mine[lo : lo + batch_size]
             outputs = forward(**_feature_tensors([features[i] for i in idx], dist.device))
             starts.append(outputs.start_logits.float().cpu().numpy())

@@ -31,6 +31,7 @@ from transformers import AutoConfig, AutoModelForQuestionAnswering, PretrainedCo
 
 from xdist import distributed
 from xdist.config import ConfigError, ModelConfig
+from xdist.hub import resolve_pretrained
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -155,7 +156,8 @@ def build_qa_model(
     partitioned (transformers' ``zero.Init`` path), so pass the same dict to ``Engine.create``. Without it
     (or for stages 0-2) every rank builds the full model in fp32; DeepSpeed casts it for bf16.
 
-    A checkpoint is loaded with ``local_files_only=True`` (never the hub); it may be a bare encoder (e.g.
+    A checkpoint is a local directory or a Hub id (:mod:`xdist.hub` resolves it to its cached snapshot, then
+    it is loaded with ``local_files_only=True``); it may be a bare encoder (e.g.
     ``BertForMaskedLM``): the QA head is then newly initialised, which is logged.
     """
     if cfg.checkpoint is None:
@@ -168,7 +170,7 @@ def build_qa_model(
             "architecture",
             f"applies to random init only, but model.checkpoint is set ({cfg.checkpoint!r}); remove one of them",
         )
-    directory = _check_checkpoint_dir(cfg.checkpoint)
+    directory = _check_checkpoint_dir(str(resolve_pretrained(cfg.checkpoint, field="model.checkpoint")))
     try:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as err:

@@ -72,6 +72,63 @@ class Monitor:
             self._writer = None
 
 
+class TrainProgress:
+    """The training progress bar (steps, loss, samples/s, ETA) on the main rank.
+
+    On a terminal it is a tqdm bar, and the ``xdist`` log lines are routed through tqdm so they print above
+    it. Elsewhere (a log file, CI) there is no bar: the log line every ``train.log_every`` steps carries
+    the same numbers, ETA included (:meth:`eta`), instead of a stream of carriage returns.
+    """
+
+    def __init__(self, total: int, initial: int, samples_per_step: int, *, enabled: bool, stream: Any = None):
+        self.total, self.done, self.samples_per_step = total, initial, samples_per_step
+        self._start, self._start_step = time.perf_counter(), initial
+        self._last = self._start
+        self._rate: float | None = None
+        self.bar = None
+        self._redirect = None
+        stream = sys.stderr if stream is None else stream
+        if enabled and getattr(stream, "isatty", lambda: False)():
+            from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", file=stream, dynamic_ncols=True)
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger("xdist")])
+            self._redirect.__enter__()
+
+    def step(self, loss: float) -> None:
+        """One optimizer step done with mean loss ``loss``."""
+        now = time.perf_counter()
+        rate = self.samples_per_step / max(now - self._last, 1e-9)
+        self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate  # smoothed samples/s
+        self._last = now
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f}, {self._rate:.1f} samples/s", refresh=False)
+            self.bar.update(1)
+
+    def pause(self) -> None:
+        """After an evaluation or checkpoint: that time does not count towards samples/s."""
+        self._last = time.perf_counter()
+
+    def eta(self) -> str:
+        """Time left at the average pace since the start (``h:mm:ss``; ``-`` before the first step)."""
+        steps = self.done - self._start_step
+        if steps <= 0:
+            return "-"
+        left = (self.total - self.done) * (time.perf_counter() - self._start) / steps
+        minutes, seconds = divmod(int(left + 0.5), 60)
+        return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
+
+
 class Throughput:
     """Samples/s and tokens/s over the window since the last call to :meth:`rate`."""
 

@@ -51,7 +51,7 @@ from xdist.faults import (
 )
 from xdist.methods import build_method
 from xdist.models import build_qa_model
-from xdist.monitor import Monitor, Throughput, flatten, setup_logging
+from xdist.monitor import Monitor, Throughput, TrainProgress, flatten, setup_logging
 from xdist.rundir import claim_output_dir
 
 log = logging.getLogger("xdist.train")
@@ -298,6 +298,7 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
     window_micro = 0
     throughput = Throughput()
     guard = NonFiniteGuard(tcfg.on_nonfinite, tcfg.max_nonfinite_steps)
+    progress = TrainProgress(total_steps, step, tcfg.micro_batch_size * ga * dist.world_size, enabled=dist.is_main)
     engine.train()
     # With max_steps set, epochs keep coming until the step budget is spent (it overrides epochs).
     epoch_limit = math.inf if tcfg.max_steps else tcfg.epochs
@@ -333,6 +334,7 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
             stop_requested = means[-1] > 0
             window, window_micro = {}, 0
             bad = guard.bad_values(step_logs, engine.grad_norm)
+            progress.step(step_logs["loss"])
             if dist.is_main:
                 # One JSON line per optimizer step: the run's loss curve, diffable across runs/commits.
                 with open(out / "train_log.jsonl", "a") as f:
@@ -364,18 +366,20 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
                 }
                 monitor.scalars(step, scalars)
                 log.info(
-                    "step %d/%d epoch %d loss %.4f lr %.3g grad_norm %s samples/s %.1f",
+                    "step %d/%d epoch %d loss %.4f lr %.3g grad_norm %s samples/s %.1f eta %s",
                     step, total_steps, epoch, step_logs["loss"], engine.lr,
                     "-" if engine.grad_norm is None else f"{engine.grad_norm:.3f}",
-                    samples_s * dist.world_size,
+                    samples_s * dist.world_size, progress.eta(),
                 )
             if tcfg.eval_every and step % tcfg.eval_every == 0 and step < total_steps:
                 with watchdog.paused():
                     evaluate(f"step{step}")
                 throughput.reset()
+                progress.pause()
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < total_steps and not bad:
                 save_checkpoint()
                 throughput.reset()
+                progress.pause()
             if step >= total_steps:
                 break
             watchdog.phase("reading data", step + 1)
@@ -385,6 +389,8 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
             micro_in_epoch = 0
         if rolled_back:
             window, window_micro = {}, 0
+
+    progress.close()
 
     # ---- end: checkpoint, export, final evaluation ----------------------------------------------
     with watchdog.paused():

@@ -112,3 +112,20 @@ def test_heatmap_image_for_tensorboard():
     other = evaluate_predictions([ex("x1", "en", "en", "Paris")], {"x1/en-en": "Paris"}, name="mlqa-dev")
     other_image = heatmap_image(other)
     assert other_image.shape != image.shape or not np.array_equal(other_image, image)
+
+
+def test_heatmap_colour_scale_is_fitted_to_the_cells_and_shown():
+    """Cells of 4-7 F1 must not all get the bottom colour of a 0-100 scale: the scale spans the data."""
+    from xdist.evaluation.report import fitted_limits, heatmap_figure
+
+    result = mlqa_like_result()
+    matrix = result.matrix("f1")
+    low, high = np.nanmin(matrix), np.nanmax(matrix)
+    figure = heatmap_figure(result)
+    heat, bar = figure.axes
+    assert heat.images[0].get_clim() == pytest.approx((low, high))
+    assert f"{low:.1f} to {high:.1f}" in bar.get_ylabel()
+    assert fitted_limits(np.array([[4.2, 6.9], [5.0, np.nan]])) == (4.2, 6.9)
+    assert fitted_limits(np.array([[5.0, 5.0]])) == (4.5, 5.5)  # a constant matrix still gets a scale
+    assert fitted_limits(np.array([[0.0, 0.2]])) == (0.0, 0.6)
+    assert fitted_limits(np.array([[np.nan]])) == (0.0, 100.0)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from xdist.config import FeatureConfig, expand_env
 from xdist.data.examples import QAExample, QAFeature
 from xdist.data.readers import DataError
+from xdist.hub import resolve_pretrained
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -41,16 +42,18 @@ that one batch of features stays a few MB."""
 
 
 def tokenizer_directory(path: str | Path) -> Path:
-    """The local directory ``path`` names, with ``${VAR}`` references and ``~`` expanded.
+    """The local directory ``path`` names, with ``${VAR}`` references and ``~`` expanded; a Hugging Face Hub
+    id (``bert-base-multilingual-cased``) becomes its snapshot in the Hub cache (:mod:`xdist.hub`).
 
     A FeatureConfig built in code keeps its ``${XDIST_DATA:-...}`` default unexpanded (YAML-loaded ones are
     expanded), so whatever reads the tokenizer's files (loading, fingerprinting) resolves the path here.
     """
-    return Path(expand_env(str(path), "features.tokenizer")).expanduser()
+    return resolve_pretrained(expand_env(str(path), "features.tokenizer"), field="features.tokenizer",
+                              kind="tokenizer")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a Hugging Face *fast* tokenizer from a local directory, never from the Hub.
+    """Load a Hugging Face *fast* tokenizer from a local directory or a Hub id (see :func:`tokenizer_directory`).
 
     Raises :class:`DataError` when the directory does not exist, cannot be loaded, holds a slow (Python)
     tokenizer (character offsets need a fast one, i.e. a ``tokenizer.json``), or has no padding token.

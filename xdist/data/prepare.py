@@ -306,7 +306,9 @@ def _prepare_set(
             if result.sampling is not None:
                 meta.feature_stats.setdefault("sampling", {})[source.name] = result.sampling.to_dict()
             stats = FeatureStats()
-            examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example", disable=not progress)
+            # disable=None: no bar when stderr is not a terminal (a log file gets the summary lines only).
+            examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example",
+                            disable=None if progress else True)
             yield from iter_features(examples, tokenizer(), cfg.features, stats)
             stats_total.merge(stats)
             meta.feature_stats["per_source"][source.name] = stats.to_dict()

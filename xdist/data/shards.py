@@ -297,7 +297,7 @@ def write_shards(
         mtime=0,
         format="PAX_FORMAT",
     ) as writer:
-        bar = tqdm(encoded, desc=f"writing shards to {out_dir}", unit="feature", disable=not progress)
+        bar = tqdm(encoded, desc=f"writing shards to {out_dir}", unit="feature", disable=None if progress else True)
         for position, (sample, cell, _) in enumerate(bar):
             if position % samples_per_shard == 0:
                 shard_pairs.append(Counter())

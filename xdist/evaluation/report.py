@@ -104,14 +104,35 @@ def heatmap_figure(result: EvalResult, metric: str = "f1") -> Figure:
     g_xlt = getattr(result.g_xlt, metric)
     xlt_text = "n/a" if xlt is None else f"{getattr(xlt, metric):.1f}"
 
+    values = result.matrix(metric)
+    low, high = fitted_limits(values)
+
     def annotate(row: int, column: int, value: float) -> tuple[str, str]:
         # Dark text on the bright (high) end of viridis, light text on the dark end.
-        return f"{value:.1f}", "black" if value > 60 else "white"
+        return f"{value:.1f}", "black" if value > low + 0.6 * (high - low) else "white"
 
     return matrix_figure(
-        result.matrix(metric), result.languages, f"{result.name}: G-XLT {label} {g_xlt:.1f}, XLT {label} {xlt_text}",
-        cmap="viridis", limits=(0.0, 100.0), label=label, annotate=annotate,
+        values, result.languages, f"{result.name}: G-XLT {label} {g_xlt:.1f}, XLT {label} {xlt_text}",
+        cmap="viridis", limits=(low, high), label=f"{label} (scale fitted to the cells: {low:.1f} to {high:.1f})",
+        annotate=annotate,
     )
+
+
+def fitted_limits(values: np.ndarray) -> tuple[float, float]:
+    """Colour limits spanning the finite cells, so cells that differ get visibly different colours.
+
+    A fixed 0-100 scale paints a matrix of 4-7 F1 (a model that learnt little) in one colour. The limits
+    are the cells' minimum and maximum, widened to at least one point (a constant matrix) and kept in
+    [0, 100]; the colour bar shows them.
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 100.0
+    low, high = float(finite.min()), float(finite.max())
+    if high - low < 1.0:
+        middle = (high + low) / 2
+        low, high = middle - 0.5, middle + 0.5
+    return max(low, 0.0), min(high, 100.0)
 
 
 def heatmap_image(result: EvalResult, metric: str = "f1") -> np.ndarray:

@@ -1,0 +1,97 @@
+"""MBLM's monolingual teachers: load one, classify raw examples with its own tokenizer, fingerprint it.
+
+A teacher is a local ``save_pretrained`` sequence-classification checkpoint with the task's classes. Its
+tokenizer is the one saved beside it (a teacher is usually a monolingual model with a vocabulary of its own);
+a directory without one uses the student's. Rows are encoded exactly as the classification task encodes
+them for a classifier head (:func:`xdist.tasks.classification.features.encode_pairs`: ``longest_first``
+truncation), at the teacher's ``max_length``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xdist.config import ConfigError
+from xdist.methods.teacher_cache import Compute
+from xdist.tasks.classification.examples import ClassificationExample
+from xdist.tasks.classification.features import collate, encode_pairs
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _field(language: str) -> str:
+    return f"method.mblm.teachers.{language}"
+
+
+def teacher_directory(language: str, checkpoint: str) -> Path:
+    """The teacher's checkpoint directory, checked (a config error naming the field otherwise)."""
+    directory = Path(checkpoint).expanduser()
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"config field '{_field(language)}': {checkpoint!r} is not a save_pretrained checkpoint "
+                          f"(no config.json); train a teacher on {language} alone first (configs/mblm/ shows how)")
+    if not any(directory.glob("*.safetensors")):
+        raise ConfigError(f"config field '{_field(language)}': {checkpoint!r} has a config.json but no "
+                          "*.safetensors weights")
+    return directory
+
+
+def teacher_tokenizer_directory(directory: Path, student_tokenizer: str | Path) -> Path:
+    """The tokenizer saved with the teacher, or the student's when the teacher directory has none."""
+    return directory if (directory / "tokenizer.json").is_file() else Path(student_tokenizer)
+
+
+def fingerprint(language: str, checkpoint: str, student_tokenizer: str | Path, max_length: int,
+                examples: Sequence[ClassificationExample]) -> str:
+    """Changes when the teacher's weights or config, its tokenizer, ``max_length`` or the examples change."""
+    directory = teacher_directory(language, checkpoint)
+    digest = hashlib.sha256()
+    tokenizer_dir = teacher_tokenizer_directory(directory, student_tokenizer)
+    files = [directory / "config.json", *sorted(directory.glob("*.safetensors"))]
+    files += [tokenizer_dir / name for name in _TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    digest.update(f"max_length={max_length}\n".encode())
+    for e in examples:
+        digest.update(json.dumps([e.uid, e.text_a, e.text_b]).encode())
+    return digest.hexdigest()[:16]
+
+
+def teacher_loader(language: str, checkpoint: str, *, student_tokenizer: str | Path, max_length: int,
+                   class_names: list[str], device: torch.device) -> Any:
+    """``load()`` for :func:`xdist.methods.teacher_cache.build_text_teacher_cache`: loads the teacher and its
+    tokenizer and returns ``compute(examples) -> logits [n, C]`` (float32) holding them."""
+
+    def load() -> Compute:
+        from transformers import AutoModelForSequenceClassification
+
+        from xdist.data.features import load_tokenizer
+
+        directory = teacher_directory(language, checkpoint)
+        tokenizer = load_tokenizer(teacher_tokenizer_directory(directory, student_tokenizer))
+        model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True)
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if model.config.num_labels != len(class_names):
+            raise ConfigError(f"config field '{_field(language)}': the teacher has {model.config.num_labels} "
+                              f"classes {labels}, the task {len(class_names)} {class_names}")
+        named = [label for label in labels if not str(label).startswith("LABEL_")]
+        if named and labels != list(class_names):
+            raise ConfigError(f"config field '{_field(language)}': the teacher's classes {labels} are not the "
+                              f"task's {list(class_names)} (same names, same order)")
+        model.to(device).eval().requires_grad_(False)
+
+        @torch.no_grad()
+        def compute(examples: list[ClassificationExample]) -> torch.Tensor:
+            batch = collate(encode_pairs(examples, tokenizer, max_length))
+            inputs = {k: torch.from_numpy(batch[k]).to(device) for k in tokenizer.model_input_names if k in batch}
+            return model(**inputs).logits.float()
+
+        return compute
+
+    return load

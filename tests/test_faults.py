@@ -29,7 +29,7 @@ from xdist.config import ConfigError, DataConfig, TrainConfig, load_config
 from xdist.data.shards import ShardError, decode_sample, load_manifest, raw_samples, write_shards
 from xdist.data.stream import TrainStream
 from xdist.errors import EXIT_USER_ERROR
-from xdist.faults import NonFiniteError, NonFiniteGuard, die_with_parent, json_safe
+from xdist.faults import WATCHDOG_EXIT_CODE, NonFiniteError, NonFiniteGuard, die_with_parent, json_safe
 
 # --------------------------------------------------------------------------------------------------
 # checkpoints: the commit protocol, in process
@@ -247,6 +247,29 @@ def test_a_child_dies_with_its_parent(tmp_path):
         if parent.poll() is None:
             parent.kill()
     assert die_with_parent  # the function under test runs in the child (CHILD)
+
+
+def test_watchdog_exits_a_rank_stuck_in_a_phase():
+    """A phase without progress for train.watchdog_s ends the process, naming rank, step and phase; progress
+    (a new phase) and paused sections (evaluation, checkpoints) do not."""
+    code = (
+        "import time\n"
+        "from xdist.faults import Watchdog\n"
+        "dog = Watchdog(0.6, rank=3)\n"
+        "for _ in range(6):\n"
+        "    dog.phase('forward/backward', 6)\n"
+        "    time.sleep(0.25)\n"
+        "with dog.paused():\n"
+        "    time.sleep(1.5)\n"
+        "dog.phase('optimizer step (gradient reduction)', 7)\n"
+        "time.sleep(20)\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": str(REPO)}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == WATCHDOG_EXIT_CODE, result.stderr
+    assert "watchdog: rank 3, step 7, in optimizer step (gradient reduction): no progress for" in result.stderr
+    assert time.monotonic() - started < 15
 
 
 CHILD = (

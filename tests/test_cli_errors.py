@@ -56,15 +56,26 @@ def test_debug_shows_the_traceback(config):
     assert result.returncode == 2 and "Traceback" in result.stderr
 
 
+def run_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The CLI's ``main`` in this process (no interpreter start-up): for errors raised before any launch."""
+    from xdist.cli import main
+
+    capsys.readouterr()
+    status = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, captured.out, captured.err)
+
+
 @needs_data
-def test_missing_data_tokenizer_and_checkpoint(config, tmp_path):
-    assert_one_paragraph(run_cli("prepare", str(config), "--set", f"data.root={tmp_path / 'nowhere'}"), "prepare",
-                         "tydiqa.goldp.en.train.json", "does not exist")
-    assert_one_paragraph(run_cli("prepare", str(config), "--set", f"features.tokenizer={tmp_path / 'no-tok'}"),
-                         "prepare", "no-tok")
+def test_missing_data_tokenizer_and_checkpoint(config, tmp_path, capsys):
+    result = run_in_process(capsys, "prepare", str(config), "--set", f"data.root={tmp_path / 'nowhere'}")
+    message = assert_one_paragraph(result, "prepare", "tydiqa.goldp.en.train.json", "does not exist")
+    assert "xdist data fetch tydiqa" in message
+    assert_one_paragraph(run_in_process(capsys, "prepare", str(config), "--set",
+                                        f"features.tokenizer={tmp_path / 'no-tok'}"), "prepare", "no-tok")
     (tmp_path / "not-a-model").mkdir()
-    assert_one_paragraph(run_cli("eval", str(config), "--checkpoint", str(tmp_path / "not-a-model")), "eval",
-                         "not-a-model", "config.json")
+    assert_one_paragraph(run_in_process(capsys, "eval", str(config), "--checkpoint", str(tmp_path / "not-a-model")),
+                         "eval", "not-a-model", "config.json")
 
 
 def test_resume_without_checkpoint_and_contradicting_flags(config, tmp_path):

@@ -136,15 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "eval", "evaluate a checkpoint on the config's eval sets (EM/F1, G-XLT)")
     _common(p)
     _launch_args(p)
-    p.add_argument("--checkpoint", required=True, help="exported Hugging Face model directory")
-    p.add_argument("--out", default=None,
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="exported Hugging Face model directory")
+    p.add_argument("--out", default=None, metavar="DIR",
                    help="report directory (default: eval/<checkpoint name> beside the checkpoint, e.g. "
                         "runs/demo/eval/export for runs/demo/export)")
 
     p = _subcommand(sub, "bench", "stream and training throughput of a config (prints a table)")
     _common(p)
-    p.add_argument("--nproc", type=_positive_int, default=2, help="ranks for the training measurement")
-    p.add_argument("--steps", type=int, default=20, help="optimizer steps to time")
+    p.add_argument("--nproc", type=_positive_int, default=2, metavar="N", help="ranks for the training measurement")
+    p.add_argument("--steps", type=int, default=20, metavar="N", help="optimizer steps to time")
 
     p = _subcommand(sub, "data", "fetch the public data sets and tokenizer the recipes read, or list them")
     data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="run name every other run is tested against (default: first)")
     p.add_argument("--set", dest="sets", action="append", default=None, metavar="SETNAME",
                    help="compare only this evaluation set (repeatable; default: every set all runs share)")
-    p.add_argument("--out", default=None, help="write comparison.md, comparison.json and heatmaps here")
+    p.add_argument("--out", default=None, metavar="DIR", help="write comparison.md, comparison.json and heatmaps here")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level")
     p.add_argument("--per-cell", action="store_true", help="also test every (question, context) cell")
     return parser
@@ -215,7 +215,12 @@ def _demo(args: argparse.Namespace) -> int:
     data_dir = default_data_dir()
     for name in DEMO_SETS:
         fetch(name, data_dir, offline=True if args.offline else None)
-    overrides = [f"data.root={data_dir}", f"features.tokenizer={demo_tokenizer(data_dir)}", *args.overrides]
+    overrides = [f"data.root={data_dir}", f"features.tokenizer={demo_tokenizer(data_dir)}"]
+    deepspeed = load_config(config).train.deepspeed
+    if args.config is None and deepspeed and not os.path.isabs(deepspeed):
+        # The repository's demo names configs/deepspeed/... relative to the checkout: run from anywhere.
+        overrides.append(f"train.deepspeed={Path(config).resolve().parents[1] / deepspeed}")
+    overrides += args.overrides
     sets = [item for override in overrides for item in ("--set", override)]
     overwrite = ["--overwrite"] if args.overwrite else []
     cfg = load_config(config, overrides)

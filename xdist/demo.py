@@ -48,7 +48,8 @@ def summary(output_dir: Path, seconds: float) -> str:
     metrics_path = output_dir / "eval" / "final" / "metrics.json"
     if metrics_path.is_file():
         for name, row in json.loads(metrics_path.read_text()).get("summary", {}).items():
-            scores = ", ".join(f"{key} {value:.2f}" for key, value in row.items() if isinstance(value, int | float))
+            scores = ", ".join(f"{key} {value}" if isinstance(value, int) else f"{key} {value:.2f}"
+                               for key, value in row.items() if isinstance(value, int | float))
             lines.append(f"  {name}: {scores}")
     final = output_dir / "eval" / "final"
     lines += [

@@ -184,7 +184,10 @@ def _split_tydiqa(payload: dict, split: str, out: Path) -> None:
     for article in payload["data"]:
         for paragraph in article["paragraphs"]:
             language = paragraph["qas"][0]["id"].split("-", 1)[0]
-            code = TYDI_LANGUAGES.get(language, language)
+            if language not in TYDI_LANGUAGES:  # TyDi ids start with the language's name ("english-...")
+                raise FetchError(f"TyDi QA question id {paragraph['qas'][0]['id']!r} does not start with a known "
+                                 f"language name ({', '.join(TYDI_LANGUAGES)}); the publisher changed the format")
+            code = TYDI_LANGUAGES[language]
             by_language.setdefault(code, []).append({"title": article.get("title", ""), "paragraphs": [paragraph]})
     for code, articles in by_language.items():
         data = {"version": payload.get("version", "TyDiQA-GoldP-1.1"), "data": articles}

@@ -423,6 +423,11 @@ class _Read:
     sampling: SamplingReport | None = None
 
     def fail(self, message: str) -> DataError:
+        if "does not exist" in message:  # say where paths are resolved and how to get the data
+            fetchable = {"xquad": "xquad", "mlqa": "mlqa", "tydiqa": "tydiqa"}.get(self.source.format)
+            message += (f"; paths are relative to data.root ({self.data.root!r}, default $XDIST_DATA or "
+                        "~/.cache/xdist/data): set it to the directory holding the data"
+                        + (f", or download the set there with 'xdist data fetch {fetchable}'" if fetchable else ""))
         return DataError(f"source '{self.source.name}' (format {self.source.format}): {message}")
 
     def parse(self, path: Path) -> _ParsedFile:

@@ -44,8 +44,8 @@ def tokenizer_path() -> Path:
 
 @pytest.fixture(scope="session")
 def mbert_tokenizer(tokenizer_path):
-    """The mBERT fast tokenizer, loaded once per session through :func:`xdist.data.features.load_tokenizer`."""
-    from xdist.data.features import load_tokenizer
+    """The mBERT fast tokenizer, loaded once per session through :func:`xdist.data.tokenizer.load_tokenizer`."""
+    from xdist.data.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_path)
 

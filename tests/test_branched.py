@@ -18,7 +18,7 @@ from xdist.branched import (
     export_branch,
     to_branched_state,
 )
-from xdist.models import frozen_copy
+from xdist.weights import frozen_copy
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 48, "vocab_size": 120}

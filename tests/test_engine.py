@@ -17,13 +17,8 @@ import pytest
 import torch
 
 from xdist.config import ConfigError, TrainConfig
-from xdist.engine import (
-    linear_schedule,
-    param_groups,
-    resolve_deepspeed_config,
-    teacher_inference_config,
-    warmup_steps,
-)
+from xdist.deepspeed_config import linear_schedule, resolve_deepspeed_config, teacher_inference_config, warmup_steps
+from xdist.engine import param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 DS_DIR = REPO / "configs" / "deepspeed"

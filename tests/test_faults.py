@@ -8,6 +8,7 @@ the tiny job of ``tests/cli_helpers.py`` — each job checks several things.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -23,11 +24,11 @@ import pytest
 
 from tests.cli_helpers import ENV, HAS_DATA, REPO, step_losses, xdist
 from tests.conftest import DATA_DIR
-from tests.data.test_shards import make_features
+from tests.data.test_shards import make_features, qa_records
 from xdist import checkpoint
 from xdist.config import ConfigError, DataConfig, TrainConfig, load_config
 from xdist.data.shards import ShardError, decode_sample, load_manifest, raw_samples, write_shards
-from xdist.data.stream import TrainStream
+from xdist.data.stream import TrainStream, value_bounds
 from xdist.errors import EXIT_USER_ERROR
 from xdist.faults import WATCHDOG_EXIT_CODE, NonFiniteError, NonFiniteGuard, die_with_parent, json_safe
 
@@ -139,7 +140,7 @@ def test_checkpoint_prune_counts_only_the_run_and_keeps_the_newest(tmp_path):
 
 
 def test_flipped_byte_in_a_shard_is_refused_before_its_samples_are_used(tmp_path):
-    manifest = write_shards(make_features(24), tmp_path, samples_per_shard=8, shuffle_seed=0)
+    manifest = write_shards(qa_records(make_features(24)), tmp_path, samples_per_shard=8, shuffle_seed=0)
     bad = manifest.shards[1]
     flip_byte(tmp_path / bad.name, offset=3000)  # inside a sample; the size stays what the manifest says
     load_manifest(tmp_path)  # the cheap start-up checks (sizes) pass
@@ -158,20 +159,28 @@ def test_flipped_byte_in_a_shard_is_refused_before_its_samples_are_used(tmp_path
 
 
 def test_decode_refuses_token_ids_and_positions_out_of_range(tmp_path):
-    write_shards(make_features(4, length=16), tmp_path, samples_per_shard=100, shuffle_seed=0)
+    manifest = write_shards(qa_records(make_features(4, length=16)), tmp_path, samples_per_shard=100, shuffle_seed=0)
+    fields = manifest.fields
     url = str(tmp_path / "train-000000.tar")
     raw = next(raw_samples([url]))
-    sample = decode_sample(raw, 16, vocab_size=119547)
-    with pytest.raises(ShardError, match=rf"{url}: sample '{raw['__key__']}': token id \d+ at position \d+ is "
-                                         r"outside the vocabulary \[0, 100\)"):
-        decode_sample(raw, 16, vocab_size=100)
-    meta = json.loads(raw["meta.json"])
-    meta["end_position"] = 16
-    with pytest.raises(ShardError, match=rf"sample '{raw['__key__']}': answer positions start="
-                                         rf"{sample.start_position} end=16 are not 0 <= start <= end < 16"):
-        decode_sample({**raw, "meta.json": json.dumps(meta).encode()}, 16)
-    # The checks cost a few microseconds per sample, not a sync: the whole shard decodes as before.
-    assert len([decode_sample(r, 16, 119547) for r in raw_samples([url])]) >= 4
+    bounds = value_bounds(fields, vocab_size=119547)
+    assert bounds == {"input_ids": (0, 119547), "start_positions": (0, 16), "end_positions": (0, 16)}
+    decode_sample(raw, fields, bounds)
+    with pytest.raises(ShardError, match=rf"{url}: sample '{raw['__key__']}': input_ids value \d+ at position \d+ is "
+                                         r"outside \[0, 100\)"):
+        decode_sample(raw, fields, value_bounds(fields, vocab_size=100))
+    with pytest.raises(ShardError, match=rf"sample '{raw['__key__']}': end_positions value 16 is outside \[0, 16\)"):
+        decode_sample({**raw, "end_positions.npy": npy(np.int64(16))}, fields, bounds)
+    with pytest.raises(ShardError, match=r"start_positions value -3 is outside \[0, 16\)"):
+        decode_sample({**raw, "start_positions.npy": npy(np.int64(-3))}, fields, bounds)
+    # The whole shard decodes under the real bounds (a few microseconds per sample, no sync).
+    assert len([decode_sample(r, fields, bounds) for r in raw_samples([url])]) >= 4
+
+
+def npy(value: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(value), allow_pickle=False)
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------

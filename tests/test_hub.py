@@ -57,7 +57,7 @@ def test_uncached_hub_id_offline_is_one_sentence(tmp_path, hub_cache, capsys):
 
 def test_cached_hub_id_resolves_offline_to_its_snapshot(hub_cache):
     """A snapshot in the cache (huggingface_hub's layout) is found offline and loads as a fast tokenizer."""
-    from xdist.data.features import load_tokenizer, tokenizer_directory
+    from xdist.data.tokenizer import load_tokenizer, tokenizer_directory
 
     local = require_data("tokenizers/mbert-cased")
     revision = "0123456789abcdef0123456789abcdef01234567"

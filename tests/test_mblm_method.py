@@ -14,10 +14,9 @@ from tests.mblm_helpers import CLASSES, examples, save_teacher, texts_of, tiny_c
 from xdist.branched import branched_from_standard
 from xdist.config import ConfigError
 from xdist.distributed import DistEnv
-from xdist.methods.base import model_inputs
 from xdist.methods.mblm.config import BranchesConfig, MBLMConfig, check_teachers
 from xdist.methods.mblm.loss import mblm_loss
-from xdist.methods.mblm.method import MBLM
+from xdist.methods.mblm.method import MBLM, model_inputs
 from xdist.methods.mblm.teachers import fingerprint, teacher_loader
 from xdist.methods.teacher_cache import MultiTeacherCache
 from xdist.tasks.classification.features import collate, encode_pairs
@@ -91,7 +90,7 @@ def test_step_distils_each_row_to_its_own_teacher_and_no_teacher_stays(setup):
     direct = []
     for e in examples(*LANGS):
         teacher = AutoModelForSequenceClassification.from_pretrained(teachers[e.language]).eval()
-        from xdist.data.features import load_tokenizer
+        from xdist.data.tokenizer import load_tokenizer
 
         own = load_tokenizer(teachers[e.language])
         assert own.get_vocab() != tokenizer.get_vocab()

@@ -1,4 +1,4 @@
-"""xdist.models in one process: construction and its errors, export/reload, teacher snapshots.
+"""xdist.models (with the QA head) in one process: construction and its errors, export/reload, teacher snapshots.
 
 The DeepSpeed-wrapped and ZeRO-3-partitioned cases run in tests/test_engine.py (real 2-rank engines).
 """
@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from xdist.config import ConfigError, ModelConfig
-from xdist.models import build_qa_model, copy_weights_into, export_pretrained, frozen_copy, qa_model_config
+from xdist.models import model_config
+from xdist.tasks.qa.model import build_qa_model
+from xdist.weights import copy_weights_into, export_pretrained, frozen_copy
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 48}
@@ -48,7 +50,7 @@ def test_xlm_roberta_model_type():
 def test_unknown_architecture_key_is_named_with_valid_examples():
     spec = ModelConfig(architecture={"hidden_size": 32, "num_hiden_layers": 2})
     with pytest.raises(ConfigError) as err:
-        qa_model_config(spec, vocab_size=120, pad_token_id=0)
+        model_config(spec, vocab_size=120, pad_token_id=0)
     message = str(err.value)
     assert "model.architecture.num_hiden_layers" in message and "BertConfig" in message
     assert "hidden_size" in message  # lists valid keys
@@ -56,12 +58,12 @@ def test_unknown_architecture_key_is_named_with_valid_examples():
 
 def test_unknown_model_type_is_named():
     with pytest.raises(ConfigError, match="model.model_type.*'bertt'"):
-        qa_model_config(ModelConfig(model_type="bertt"), vocab_size=120, pad_token_id=0)
+        model_config(ModelConfig(model_type="bertt"), vocab_size=120, pad_token_id=0)
 
 
 def test_vocab_smaller_than_tokenizer_is_refused():
     with pytest.raises(ConfigError, match="model.architecture.vocab_size.*100.*120"):
-        qa_model_config(ModelConfig(architecture={"vocab_size": 100}), vocab_size=120, pad_token_id=0)
+        model_config(ModelConfig(architecture={"vocab_size": 100}), vocab_size=120, pad_token_id=0)
 
 
 def test_missing_checkpoint_dir_is_named(tmp_path):

@@ -397,11 +397,11 @@ def branched_from_standard(
     branched model is built partitioned (transformers' ``zero.Init`` path) and the weights are loaded
     into the partitions by transformers' own ZeRO-3 loader.
     """
-    from xdist.models import _zero3_construction
+    from xdist.models import zero3_construction
 
     config = branched_config(standard.config, languages, **options)
     state = to_branched_state({k: v.detach() for k, v in standard.state_dict().items()}, config)
-    with _zero3_construction(ds_config):
+    with zero3_construction(ds_config):
         model, info = BranchedForSequenceClassification.from_pretrained(
             None, config=config, state_dict=state, output_loading_info=True
         )
@@ -416,12 +416,12 @@ def export_branch(model_or_engine: Any, branch: int, out_dir: Any, tokenizer: An
     """Write branch ``branch`` as the family's standard ``*ForSequenceClassification`` checkpoint.
 
     Works for a plain model or a DeepSpeed-wrapped one at any ZeRO stage (weights gathered, fp32 master
-    weights preferred, as :func:`xdist.models.export_pretrained`); rank 0 writes; all ranks must call it.
+    weights preferred, as :func:`xdist.weights.export_pretrained`); rank 0 writes; all ranks must call it.
     """
     from pathlib import Path
 
     from xdist import distributed
-    from xdist.models import full_state_dict, unwrap
+    from xdist.weights import full_state_dict, unwrap
 
     module = unwrap(model_or_engine)
     if not isinstance(module, BranchedForSequenceClassification):

@@ -1,17 +1,20 @@
-"""Compare the evaluation reports of several runs: G-XLT/XLT tables, per-cell F1 and significance tests.
+"""Compare the evaluation reports of several runs: summary tables, per-group scores and significance tests.
 
-Inputs are report directories written by :func:`xdist.evaluation.write_report` (``metrics.json``,
-``example_scores/<set>.json``, ``predictions/<set>/<q>-<c>.json``) — ``xdist eval --out`` — or training
-output directories, whose final evaluation is ``<dir>/eval/final``. One run is the baseline (default:
-the first); every other run is compared with it per evaluation set:
+Works for every task: it reads only the task-agnostic :class:`~xdist.evaluation.result.EvalResult` of each
+set (``metrics.json`` + ``example_scores/<set>.json``, written by :func:`xdist.evaluation.write_report`) —
+``xdist eval --out`` — or of a training output directory, whose final evaluation is ``<dir>/eval/final``.
+One run is the baseline (default: the first); every other run is compared with it per evaluation set:
 
-- G-XLT and XLT F1/EM of every run and their difference from the baseline;
-- the F1 of every (question language, context language) cell, side by side, and the difference matrix;
-- a Wilcoxon signed-rank test on example-level F1 (Carrino et al., alpha 0.05), examples paired by uid,
-  over all examples of the set (``g_xlt`` scope) and over the diagonal cells' examples (``xlt`` scope);
-  optionally per cell.
+- the summary columns of the set's view (QA: G-XLT and XLT F1/EM) of every run and the difference of the
+  headline ones from the baseline;
+- the group metric of every group (QA: F1 per (question language, context language) cell), side by side,
+  and, when the result has a matrix, the difference matrix as a heatmap;
+- a paired test per scope of the result's :class:`~xdist.evaluation.result.PairedSpec`, examples paired by
+  uid: QA: a Wilcoxon signed-rank test on example-level F1 (Carrino et al., alpha 0.05) over all examples
+  (``g_xlt``) and over the diagonal cells' examples (``xlt``); classification: McNemar's exact test on paired
+  correctness; optionally per group.
 
-Zero differences. Carrino et al.'s ``src/wilcoxon_test.py`` (ccasimiro88/self-distillation-gxlt-qa)
+Zero differences (Wilcoxon). Carrino et al.'s ``src/wilcoxon_test.py`` (ccasimiro88/self-distillation-gxlt-qa)
 calls ``scipy.stats.wilcoxon(scores_a, scores_b)`` with scipy's defaults and calls a result significant
 when ``p <= alpha``. We make the same call with those defaults spelled out: ``zero_method="wilcox"``
 (pairs whose F1 is equal — most of them in QA, e.g. both exactly right or both 0 — are dropped before
@@ -21,9 +24,12 @@ example-score files leave unanswered questions out, which can misalign the pairs
 is tied, the test is not run (scipy then returns a NaN p-value with a warning above 13 pairs and 1.0
 below): statistic and p-value are None and the result is "not significant".
 
-The functions that compute (:func:`wilcoxon_paired`, :func:`compare_reports`) are separate from those
-that read and write files (:func:`load_report`, :func:`write_comparison`); :func:`run_compare` chains
-them for ``xdist compare``.
+McNemar's exact test: with ``b`` = examples only the run gets right and ``c`` = only the baseline,
+``p = min(1, 2 * BinomCDF(min(b, c); b + c, 1/2))``; no discordant pair: not run (None, not significant).
+
+The functions that compute (:func:`wilcoxon_paired`, :func:`mcnemar_paired`, :func:`compare_reports`) are
+separate from those that read and write files (:func:`load_report`, :func:`write_comparison`);
+:func:`run_compare` chains them for ``xdist compare``.
 """
 
 from __future__ import annotations
@@ -39,39 +45,45 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from xdist.data.examples import Cell, cell_name
-from xdist.evaluation import CellScore, DecodeInfo, EvalResult, ExampleScore, save_heatmap
-from xdist.evaluation.metrics import matrix_json
+from xdist.evaluation import save_heatmap
 from xdist.evaluation.report import check_file_name, matrix_figure
+from xdist.evaluation.result import METRICS_VERSION, EvalResult, PairedSpec, matrix_json
 
 ZERO_METHOD = "wilcox"
 """scipy's ``zero_method`` for the signed-rank test: tied pairs are dropped (the authors' setting)."""
 
-# A cell's F1/EM in metrics.json is the mean of its examples' scores × 100; allow float rounding only.
-_CELL_TOLERANCE = 1e-6
+# A group's score in metrics.json is the mean of its examples' scores × 100; allow float rounding only.
+_GROUP_TOLERANCE = 1e-6
+
+TEST_DESCRIPTIONS = {
+    "wilcoxon": {"name": "wilcoxon signed-rank", "zero_method": ZERO_METHOD, "correction": False,
+                 "alternative": "two-sided"},
+    "mcnemar": {"name": "mcnemar exact", "alternative": "two-sided"},
+}
 
 
 # ---------------------------------------------------------------------------------------------------
-# Significance test
+# Significance tests
 # ---------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PairedTest:
-    """Wilcoxon signed-rank test of paired example scores ``a`` vs ``b`` (differences ``a - b``)."""
+    """A paired test of example scores ``a`` vs ``b`` (differences ``a - b``): Wilcoxon or McNemar."""
 
     statistic: float | None
-    """scipy's two-sided statistic (the smaller of the signed-rank sums); None when every pair is tied."""
+    """Wilcoxon: scipy's two-sided statistic (the smaller of the signed-rank sums); McNemar: the smaller
+    discordant count. None when the test was not run (every pair tied)."""
 
     p_value: float | None
     """Two-sided p-value; None when every pair is tied (the test is undefined)."""
 
     n_pairs: int
     n_nonzero: int
-    """Pairs whose scores differ: the ones the test ranks (``zero_method="wilcox"`` drops the rest)."""
+    """Pairs whose scores differ: the ones the test uses (``zero_method="wilcox"`` drops the rest)."""
 
     mean_difference: float
-    """Mean of ``a - b`` over all pairs, in the scores' units (example F1 in [0, 1])."""
+    """Mean of ``a - b`` over all pairs, in the scores' units (example F1 in [0, 1], correctness 0/1)."""
 
     alpha: float
     significant: bool
@@ -134,6 +146,43 @@ def wilcoxon_paired(a: Mapping[str, float], b: Mapping[str, float], *, alpha: fl
     return PairedTest(statistic, p_value, len(uids), n_nonzero, mean_difference, alpha, p_value <= alpha)
 
 
+def mcnemar_paired(a: Mapping[str, float], b: Mapping[str, float], *, alpha: float = 0.05) -> PairedTest:
+    """McNemar's exact test of paired correctness ``a`` vs ``b`` (uid → 1.0 right / 0.0 wrong).
+
+    ``statistic`` is ``min(b, c)`` of the discordant counts, ``n_nonzero`` their sum (the pairs the test
+    uses); with no discordant pair the test is not run (statistic and p-value None, not significant).
+    """
+    alpha = _check_alpha(alpha)
+    mismatch = _uid_mismatch(list(a), list(b), "a", "b")
+    if mismatch:
+        raise ValueError(f"paired test needs scores of the same examples: {mismatch}")
+    if not a:
+        raise ValueError("paired test needs at least one pair of scores")
+    uids = sorted(a)
+    x = np.array([a[uid] for uid in uids], dtype=np.float64)
+    y = np.array([b[uid] for uid in uids], dtype=np.float64)
+    for values, side in ((x, "a"), (y, "b")):
+        bad = np.flatnonzero((values != 0.0) & (values != 1.0))
+        if bad.size:
+            raise ValueError(f"McNemar's test: score of {uids[int(bad[0])]!r} in {side} is not 0 or 1")
+    only_a, only_b = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    n = only_a + only_b
+    mean_difference = float((x - y).mean())
+    if n == 0:
+        return PairedTest(None, None, len(uids), 0, mean_difference, alpha, False)
+    p_value = float(min(1.0, 2.0 * stats.binom.cdf(min(only_a, only_b), n, 0.5)))
+    return PairedTest(float(min(only_a, only_b)), p_value, len(uids), n, mean_difference, alpha, p_value <= alpha)
+
+
+def paired_test(kind: str, a: Mapping[str, float], b: Mapping[str, float], *, alpha: float = 0.05) -> PairedTest:
+    """The paired test ``kind`` (``wilcoxon`` or ``mcnemar``, :attr:`PairedSpec.test`) of ``a`` vs ``b``."""
+    if kind == "wilcoxon":
+        return wilcoxon_paired(a, b, alpha=alpha)
+    if kind == "mcnemar":
+        return mcnemar_paired(a, b, alpha=alpha)
+    raise ValueError(f"unknown paired test {kind!r}; expected 'wilcoxon' or 'mcnemar'")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Reading reports
 # ---------------------------------------------------------------------------------------------------
@@ -150,7 +199,7 @@ class Report:
     """The report directory (holding ``metrics.json``)."""
 
     sets: dict[str, EvalResult]
-    """Set name → result, cells and example scores as written (predictions from the prediction files)."""
+    """Set name → result (groups, summary, example scores as written)."""
 
 
 def _resolve_report_dir(path: Path) -> Path:
@@ -181,90 +230,63 @@ def _field(data: object, key: str, path: Path, where: str, kind: type | tuple[ty
 
 
 def _load_set(report_dir: Path, set_name: str, summary: dict, metrics_path: Path) -> EvalResult:
-    where = f"sets.{set_name}."
-    languages = tuple(_field(summary, "languages", metrics_path, where, list))
-    cells: dict[Cell, CellScore] = {}
-    for i, cell_json in enumerate(_field(summary, "cells", metrics_path, where, list)):
-        try:
-            cell = CellScore(**cell_json)
-        except TypeError as error:
-            raise ValueError(f"{metrics_path}: field '{where}cells.{i}' is not a cell score ({error})") from error
-        cells[cell.cell] = cell
-    decode_json = summary.get("decode")
-    try:
-        decode = None if decode_json is None else DecodeInfo(**decode_json)
-    except TypeError as error:
-        raise ValueError(f"{metrics_path}: field '{where}decode' is not decode info ({error})") from error
-
-    # uid = "<question id>/<q>-<c>" (QAExample.uid); language codes may hold '-', so the cell is found by
-    # looking the whole "<q>-<c>" tail up among the cells metrics.json lists, never by splitting it.
-    tails: dict[str, Cell] = {}
-    for q, c in cells:
-        tail = cell_name(q, c)
-        if tail in tails:
-            raise ValueError(f"{metrics_path}: cells {tails[tail]} and {(q, c)} of set {set_name!r} give the same "
-                             f"uid suffix {tail!r}; example uids cannot be assigned to cells")
-        tails[tail] = (q, c)
-
     scores_path = report_dir / "example_scores" / f"{set_name}.json"
     if not scores_path.is_file():
         raise FileNotFoundError(f"{scores_path}: missing; the example-level scores of set {set_name!r} are "
                                 "needed to compare runs (written by write_report next to metrics.json)")
     scores_json = _read_json(scores_path)
     if not isinstance(scores_json, dict):
-        raise ValueError(f"{scores_path}: expected an object {{uid: {{exact_match, f1}}}}")
-    predictions: dict[Cell, dict[str, str]] = {}
-    for cell in cells:
-        prediction_path = report_dir / "predictions" / set_name / f"{cell_name(*cell)}.json"
-        # Unanswered examples are absent from a prediction file; a missing file leaves every prediction None.
-        loaded = _read_json(prediction_path) if prediction_path.is_file() else {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{prediction_path}: expected an object {{question id: answer text}}")
-        predictions[cell] = loaded
-
-    examples: dict[str, ExampleScore] = {}
-    totals: dict[Cell, list[float]] = {cell: [0, 0.0, 0.0] for cell in cells}  # count, EM sum, F1 sum
+        raise ValueError(f"{scores_path}: expected an object {{uid: {{scores..., group}}}}")
+    groups = _field(summary, "groups", metrics_path, f"sets.{set_name}.", dict)
     for uid, entry in scores_json.items():
-        question_id, _, tail = uid.rpartition("/")
-        if not question_id or tail not in tails:
-            raise ValueError(f"{scores_path}: uid {uid!r} does not end in '/<q>-<c>' for a cell of set "
-                             f"{set_name!r} in {metrics_path.name}")
-        exact = _field(entry, "exact_match", scores_path, f"{uid}.", int | float)
-        f1 = _field(entry, "f1", scores_path, f"{uid}.", int | float)
-        if not (0.0 <= f1 <= 1.0 and 0.0 <= exact <= 1.0):
-            raise ValueError(f"{scores_path}: scores of {uid!r} must lie in [0, 1], got EM {exact!r}, F1 {f1!r}")
-        cell = tails[tail]
-        examples[uid] = ExampleScore(uid, question_id, cell[0], cell[1], predictions[cell].get(question_id),
-                                     float(exact), float(f1))
-        totals[cell][0] += 1
-        totals[cell][1] += exact
-        totals[cell][2] += f1
+        if not isinstance(entry, dict) or entry.get("group") not in groups:
+            raise ValueError(f"{scores_path}: uid {uid!r} names no group of set {set_name!r} in "
+                             f"{metrics_path.name} (field 'group')")
+        for key, value in entry.items():
+            if key != "group" and (isinstance(value, bool) or not isinstance(value, int | float)
+                                   or not 0.0 <= value <= 1.0):
+                raise ValueError(f"{scores_path}: score '{key}' of {uid!r} must be a number in [0, 1], got {value!r}")
+    try:
+        result = EvalResult.from_json(summary, scores_json)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{metrics_path}: set {set_name!r} is not an evaluation result ({error!r})") from error
+    if result.name != set_name:
+        raise ValueError(f"{metrics_path}: sets.{set_name} holds the result of set {result.name!r}")
 
-    # The example scores must be the ones the cells were computed from (not another run's or set's).
-    for cell, (count, exact_sum, f1_sum) in totals.items():
-        score = cells[cell]
-        if count != score.count or (count and (
-                abs(100.0 * f1_sum / count - score.f1) > _CELL_TOLERANCE
-                or abs(100.0 * exact_sum / count - score.exact_match) > _CELL_TOLERANCE)):
-            raise ValueError(f"{scores_path}: cell {cell[0]}-{cell[1]} has {count} example scores averaging to "
-                             f"F1 {100.0 * f1_sum / max(count, 1):.4f}, but {metrics_path} says {score.count} "
-                             f"examples, F1 {score.f1:.4f}; the files do not belong to the same evaluation")
-    scheme = summary.get("scheme", "auto")
-    return EvalResult(name=set_name, languages=languages, cells=cells, examples=examples,
-                      scheme=scheme if isinstance(scheme, str) else "auto", decode=decode)
+    # The example scores must be the ones the groups were computed from (not another run's or set's): a group
+    # metric named like an example score is its mean over the group's examples × 100.
+    for group, scores in result.groups.items():
+        members = [uid for uid, g in result.example_groups.items() if g == group]
+        if "count" in scores and len(members) != scores["count"]:
+            raise ValueError(f"{scores_path}: {result.view.group_kind} {group} has {len(members)} example scores, "
+                             f"but {metrics_path} says {scores['count']}; the files do not belong to the same "
+                             "evaluation")
+        for metric in scores:
+            if members and metric in result.examples[members[0]]:
+                mean = 100.0 * sum(result.examples[uid][metric] for uid in members) / len(members)
+                if abs(mean - scores[metric]) > _GROUP_TOLERANCE:
+                    raise ValueError(
+                        f"{scores_path}: {result.view.group_kind} {group} has {len(members)} example scores "
+                        f"averaging to {metric} {mean:.4f}, but {metrics_path} says {scores[metric]:.4f}; the files "
+                        "do not belong to the same evaluation")
+    return result
 
 
 def load_report(path: str | os.PathLike, name: str | None = None) -> Report:
-    """Read a report directory (``metrics.json`` + example scores + prediction files) back into results.
+    """Read a report directory (``metrics.json`` + example scores) back into results.
 
-    ``path`` is a report directory, or a training output directory (``<path>/eval/final``), or a checkpoint
-    evaluated by ``xdist eval`` without ``--out`` (``<path>/eval``). ``name`` defaults to the last component
-    of ``path``. Each set's example scores are checked against the cell scores in ``metrics.json``.
+    ``path`` is a report directory, or a training output directory (``<path>/eval/final``), or a checkpoint's
+    evaluation by ``xdist eval`` (``<path>/eval``). ``name`` defaults to the last component of ``path``.
+    Each set's example scores are checked against its group scores in ``metrics.json``.
     """
     given = Path(path)
     report_dir = _resolve_report_dir(given)
     metrics_path = report_dir / "metrics.json"
     metrics = _read_json(metrics_path)
+    version = metrics.get("version") if isinstance(metrics, dict) else None
+    if version != METRICS_VERSION:
+        raise ValueError(f"{metrics_path}: metrics version {version!r}, this xdist reads {METRICS_VERSION}; "
+                         "re-run `xdist eval` on the run's checkpoint to rewrite the report")
     sets_json = _field(metrics, "sets", metrics_path, "", dict)
     if not sets_json:
         raise ValueError(f"{metrics_path}: field 'sets' is empty; nothing was evaluated")
@@ -287,18 +309,15 @@ def load_report(path: str | os.PathLike, name: str | None = None) -> Report:
 class RunTests:
     """Significance tests of one run against the baseline on one set."""
 
-    g_xlt: PairedTest
-    """All examples of the set."""
+    scopes: dict[str, PairedTest]
+    """Per scope of the set's :class:`PairedSpec` (QA: ``g_xlt`` = all cells, ``xlt`` = the diagonal)."""
 
-    xlt: PairedTest | None
-    """Examples of the diagonal cells (question language = context language); None if the set has none."""
-
-    cells: dict[Cell, PairedTest] = field(default_factory=dict)
-    """Per cell, when requested (``per_cell=True``)."""
+    groups: dict[str, PairedTest] = field(default_factory=dict)
+    """Per group, when requested (``per_cell=True``)."""
 
     def to_json(self) -> dict:
-        return {"g_xlt": self.g_xlt.to_json(), "xlt": None if self.xlt is None else self.xlt.to_json(),
-                "cells": {cell_name(*cell): test.to_json() for cell, test in self.cells.items()}}
+        return {"scopes": {name: test.to_json() for name, test in self.scopes.items()},
+                "groups": {group: test.to_json() for group, test in self.groups.items()}}
 
 
 @dataclass
@@ -306,9 +325,6 @@ class SetComparison:
     """All runs on one evaluation set."""
 
     name: str
-    languages: tuple[str, ...]
-    """Matrix axis order (the baseline's)."""
-
     baseline: str
     results: dict[str, EvalResult]
     """Run name → result, in the order the runs were given."""
@@ -316,46 +332,60 @@ class SetComparison:
     tests: dict[str, RunTests]
     """Run name → tests against the baseline (every run but the baseline)."""
 
-    def matrix(self, run: str, metric: str = "f1") -> np.ndarray:
-        """``run``'s cell scores in the baseline's language order (NaN: no such cell)."""
-        return self.results[run].matrix(metric, self.languages)
+    @property
+    def base(self) -> EvalResult:
+        return self.results[self.baseline]
 
-    def difference_matrix(self, run: str, metric: str = "f1") -> np.ndarray:
-        """``run`` minus the baseline, per cell (F1 or EM points)."""
+    @property
+    def paired(self) -> PairedSpec:
+        return self.base.paired
+
+    def matrix(self, run: str, metric: str | None = None) -> np.ndarray:
+        """``run``'s grid of ``metric`` in the baseline's axis order (NaN: no such group)."""
+        return self.results[run].grid(metric, self.base.matrix.rows if self.base.matrix else None)
+
+    def difference_matrix(self, run: str, metric: str | None = None) -> np.ndarray:
+        """``run`` minus the baseline, per grid cell (points of the group metric)."""
         return self.matrix(run, metric) - self.matrix(self.baseline, metric)
 
-    def summary(self) -> dict[str, dict[str, float | int | None]]:
-        """Per run: G-XLT and XLT F1/EM, their difference from the baseline, counts."""
+    def summary(self) -> dict[str, dict[str, float | int | str | None]]:
+        """Per run: its summary row, the run − baseline difference of each headline value, counts."""
         rows = {}
-        base = self.results[self.baseline]
+        base = self.base
         for run, result in self.results.items():
-            xlt, base_xlt = result.xlt, base.xlt
-            rows[run] = {
-                "g_xlt_f1": result.g_xlt.f1, "g_xlt_em": result.g_xlt.exact_match,
-                "xlt_f1": None if xlt is None else xlt.f1, "xlt_em": None if xlt is None else xlt.exact_match,
-                "g_xlt_f1_difference": result.g_xlt.f1 - base.g_xlt.f1,
-                "xlt_f1_difference": None if xlt is None or base_xlt is None else xlt.f1 - base_xlt.f1,
-                "num_cells": len(result.cells), "num_examples": len(result.examples),
-            }
+            row = dict(result.summary)
+            for key in base.view.headline:
+                value, reference = result.summary.get(key), base.summary.get(key)
+                row[f"{key}_difference"] = None if value is None or reference is None else value - reference
+            row.setdefault("num_examples", len(result.examples))
+            rows[run] = row
         return rows
 
+    def group_metrics(self) -> tuple[str, ...]:
+        """The group metrics tabled side by side (the matrix's, or the view's group metric)."""
+        base = self.base
+        return base.matrix.metrics if base.matrix is not None and base.matrix.metrics else (base.view.group_metric,)
+
     def to_json(self) -> dict:
-        cells = []
-        for cell in self.results[self.baseline].cells:
-            row: dict = {"question_lang": cell[0], "context_lang": cell[1]}
-            for metric in ("f1", "exact_match"):
-                row[metric] = {run: getattr(result.cells[cell], metric) for run, result in self.results.items()}
-            row["f1_difference"] = {run: result.cells[cell].f1 - self.results[self.baseline].cells[cell].f1
-                                    for run, result in self.results.items() if run != self.baseline}
-            cells.append(row)
-        return {
-            "languages": list(self.languages),
-            "summary": self.summary(),
-            "cells": cells,
-            "difference_matrix": {"rows": "question_lang", "columns": "context_lang",
-                                  "f1": {run: matrix_json(self.difference_matrix(run)) for run in self.tests}},
-            "tests": {run: tests.to_json() for run, tests in self.tests.items()},
-        }
+        base, metric = self.base, self.base.view.group_metric
+        groups = []
+        for group in base.groups:
+            row: dict = {"group": group}
+            if base.matrix is not None and group in base.matrix.cells:
+                row[base.matrix.row_name], row[base.matrix.column_name] = base.matrix.cells[group]
+            for name in self.group_metrics():
+                row[name] = {run: result.groups[group][name] for run, result in self.results.items()}
+            row[f"{metric}_difference"] = {run: result.groups[group][metric] - base.groups[group][metric]
+                                           for run, result in self.results.items() if run != self.baseline}
+            groups.append(row)
+        data = {"task": base.task, "paired": base.paired.to_json(), "summary": self.summary(), "groups": groups,
+                "tests": {run: tests.to_json() for run, tests in self.tests.items()}}
+        if base.matrix is not None:
+            data["difference_matrix"] = {
+                "rows": base.matrix.row_name, "columns": base.matrix.column_name,
+                "labels": list(base.matrix.rows),
+                metric: {run: matrix_json(self.difference_matrix(run, metric)) for run in self.tests}}
+        return data
 
 
 @dataclass
@@ -368,17 +398,19 @@ class Comparison:
     baseline: str
     alpha: float
     per_cell: bool
+    """Tests per group (QA: per cell) too."""
+
     sets: dict[str, SetComparison]
     skipped_sets: dict[str, list[str]] = field(default_factory=dict)
     """Sets left out because some runs lack them: set → the runs that lack it."""
 
     def to_json(self) -> dict:
+        used = list(dict.fromkeys(c.paired.test for c in self.sets.values()))
         return {
             "baseline": self.baseline,
             "runs": {name: str(path) for name, path in self.runs.items()},
-            "test": {"name": "wilcoxon signed-rank", "scores": "example-level F1 in [0, 1], paired by uid",
-                     "zero_method": ZERO_METHOD, "correction": False, "alternative": "two-sided",
-                     "alpha": self.alpha, "difference": "run - baseline"},
+            "test": {"alpha": self.alpha, "difference": "run - baseline", "paired_by": "uid",
+                     **{kind: TEST_DESCRIPTIONS[kind] for kind in used}},
             "per_cell": self.per_cell,
             "sets": {name: comparison.to_json() for name, comparison in self.sets.items()},
             "skipped_sets": self.skipped_sets,
@@ -390,13 +422,9 @@ class Comparison:
             f"# Comparison against `{self.baseline}`",
             "",
             "Runs: " + ", ".join(f"`{name}` ({path})" for name, path in self.runs.items()) + ".",
-            "",
-            f"Significance: Wilcoxon signed-rank test on example-level F1, examples paired by uid, two-sided, "
-            f"alpha = {self.alpha:g}; tied pairs are dropped (`zero_method=\"{ZERO_METHOD}\"`). "
-            "Mean ΔF1 is the mean over examples of (run − baseline) × 100; G-XLT/XLT are means over cells.",
         ]
         for set_name, comparison in self.sets.items():
-            lines += ["", *_set_markdown(set_name, comparison, self.per_cell)]
+            lines += ["", *_set_markdown(set_name, comparison, self.per_cell, self.alpha)]
         if self.skipped_sets:
             lines += ["", "Sets not compared (missing in some runs): " + "; ".join(
                 f"`{name}` (missing in {', '.join(runs)})" for name, runs in self.skipped_sets.items()) + "."]
@@ -421,44 +449,55 @@ def _test_row(run: str, scope: str, test: PairedTest) -> str:
             f"{statistic} | {p_value} | {verdict} |")
 
 
-def _set_markdown(set_name: str, comparison: SetComparison, per_cell: bool) -> list[str]:
-    base = comparison.results[comparison.baseline]
-    lines = [f"## `{set_name}` ({len(base.examples)} examples, {len(base.cells)} cells)", "",
-             "| run | G-XLT F1 | G-XLT EM | XLT F1 | XLT EM | ΔG-XLT F1 | ΔXLT F1 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+def _significance_text(paired: PairedSpec, alpha: float, label: str) -> str:
+    if paired.test == "wilcoxon":
+        return (f"Significance: Wilcoxon signed-rank test on example-level {label}, examples paired by uid, "
+                f"two-sided, alpha = {alpha:g}; tied pairs are dropped (`zero_method=\"{ZERO_METHOD}\"`). "
+                f"Mean Δ is the mean over examples of (run − baseline) × 100.")
+    return (f"Significance: McNemar's exact test on paired correctness, examples paired by uid, two-sided, "
+            f"alpha = {alpha:g}. Mean Δ is the mean over examples of (run − baseline) × 100 (accuracy points).")
+
+
+def _set_markdown(set_name: str, comparison: SetComparison, per_cell: bool, alpha: float) -> list[str]:
+    base, view = comparison.base, comparison.base.view
+    columns = [(key, label) for key, label in view.columns.items()]
+    headline = [key for key in view.headline]
+    lines = [f"## `{set_name}` ({len(base.examples)} examples, {len(base.groups)} {view.group_kind}s)", "",
+             _significance_text(base.paired, alpha, view.group_label), "",
+             "| run | " + " | ".join(label for _, label in columns) + " | "
+             + " | ".join(f"Δ{view.columns.get(key, key)}" for key in headline) + " |",
+             "|---" + "|---:" * (len(columns) + len(headline)) + "|"]
     for run, row in comparison.summary().items():
         is_baseline = run == comparison.baseline
-        differences = ("–", "–") if is_baseline else (_number(row["g_xlt_f1_difference"], signed=True),
-                                                      _number(row["xlt_f1_difference"], signed=True))
-        lines.append(f"| {f'{run} (baseline)' if is_baseline else run} | {_number(row['g_xlt_f1'])} | "
-                     f"{_number(row['g_xlt_em'])} | {_number(row['xlt_f1'])} | {_number(row['xlt_em'])} | "
-                     f"{differences[0]} | {differences[1]} |")
-    lines += ["", f"Wilcoxon signed-rank vs `{comparison.baseline}`:", "",
-              "| run | scope | pairs | non-zero | mean ΔF1 | statistic | p-value | significant |",
+        values = [_number(row.get(key)) if not isinstance(row.get(key), str) else row[key] for key, _ in columns]
+        differences = ["–" if is_baseline else _number(row[f"{key}_difference"], signed=True) for key in headline]
+        lines.append(f"| {f'{run} (baseline)' if is_baseline else run} | " + " | ".join(values + differences) + " |")
+    test_name = "Wilcoxon signed-rank" if base.paired.test == "wilcoxon" else "McNemar exact"
+    lines += ["", f"{test_name} vs `{comparison.baseline}`:", "",
+              f"| run | scope | pairs | non-zero | mean Δ{view.group_label} | statistic | p-value | significant |",
               "|---|---|---:|---:|---:|---:|---:|---|"]
     for run, tests in comparison.tests.items():
-        lines.append(_test_row(run, "G-XLT (all cells)", tests.g_xlt))
-        if tests.xlt is not None:
-            lines.append(_test_row(run, "XLT (diagonal)", tests.xlt))
+        for scope, test in tests.scopes.items():
+            lines.append(_test_row(run, base.paired.scopes[scope].label, test))
     others = list(comparison.tests)
-    header = " | ".join([f"{comparison.baseline} F1", *(f"{run} F1 | Δ{run}" for run in others)])
-    lines += ["", "Per-cell F1" + (" (* significant per-cell difference)" if per_cell else "") + ":", "",
-              f"| cell | {header} |", "|---" + "|---:" * (1 + 2 * len(others)) + "|"]
-    for cell, score in base.cells.items():
-        parts = [_number(score.f1)]
+    metric, label = view.group_metric, view.group_label
+    header = " | ".join([f"{comparison.baseline} {label}", *(f"{run} {label} | Δ{run}" for run in others)])
+    lines += ["", f"Per-{view.group_kind} {label}"
+              + (f" (* significant per-{view.group_kind} difference)" if per_cell else "") + ":", "",
+              f"| {view.group_kind} | {header} |", "|---" + "|---:" * (1 + 2 * len(others)) + "|"]
+    for group, scores in base.groups.items():
+        parts = [_number(scores[metric])]
         for run in others:
-            other = comparison.results[run].cells[cell]
-            test = comparison.tests[run].cells.get(cell)
+            other = comparison.results[run].groups[group][metric]
+            test = comparison.tests[run].groups.get(group)
             mark = "*" if test is not None and test.significant else ""
-            parts += [_number(other.f1), _number(other.f1 - score.f1, signed=True) + mark]
-        lines.append(f"| {cell[0]}-{cell[1]} | " + " | ".join(parts) + " |")
+            parts += [_number(other), _number(other - scores[metric], signed=True) + mark]
+        lines.append(f"| {group} | " + " | ".join(parts) + " |")
     return lines
 
 
-def _example_f1(result: EvalResult, cells: Sequence[Cell]) -> dict[str, float]:
-    """uid -> example F1 of ``result``'s examples in ``cells`` (the whole set is ``result.example_f1()``)."""
-    wanted = set(cells)
-    return {uid: s.f1 for uid, s in result.examples.items() if (s.question_lang, s.context_lang) in wanted}
+def _paired(kind: str, run: EvalResult, base: EvalResult, groups: tuple[str, ...] | None, alpha: float) -> PairedTest:
+    return paired_test(kind, run.example_scores(groups=groups), base.example_scores(groups=groups), alpha=alpha)
 
 
 def compare_reports(
@@ -473,8 +512,8 @@ def compare_reports(
 
     ``sets`` restricts the comparison to these sets (each must be in every report); by default every set
     that all reports have is compared and the others are listed in :attr:`Comparison.skipped_sets`.
-    Runs must have been evaluated on the same examples of each compared set (same uids), else a
-    ValueError says how many uids differ. ``per_cell`` adds a test per G-XLT cell.
+    Runs must have been evaluated on the same examples of each compared set (same uids) by the same task,
+    else a ValueError says how they differ. ``per_cell`` adds a test per group (QA: per G-XLT cell).
     """
     alpha = _check_alpha(alpha)
     if len(reports) < 2:
@@ -508,26 +547,28 @@ def compare_reports(
     for set_name in chosen:
         base = by_name[baseline].sets[set_name]
         for name in names:
-            mismatch = _uid_mismatch(list(by_name[name].sets[set_name].examples), list(base.examples), name, baseline)
+            run = by_name[name].sets[set_name]
+            if run.task != base.task or run.paired != base.paired:
+                raise ValueError(f"runs {name!r} and {baseline!r} scored set {set_name!r} differently (task "
+                                 f"{run.task!r} vs {base.task!r}); only results of the same task and tests compare")
+            mismatch = _uid_mismatch(list(run.examples), list(base.examples), name, baseline)
             if mismatch:
                 raise ValueError(f"runs {name!r} and {baseline!r} were not evaluated on the same examples of set "
                                  f"{set_name!r}: {mismatch}; paired tests need identical example sets")
-        diagonal = [cell for cell in base.cells if cell[0] == cell[1]]
+        spec = base.paired
         tests = {}
         for name in names:
             if name == baseline:
                 continue
             run = by_name[name].sets[set_name]
             tests[name] = RunTests(
-                g_xlt=wilcoxon_paired(run.example_f1(), base.example_f1(), alpha=alpha),
-                xlt=wilcoxon_paired(_example_f1(run, diagonal), _example_f1(base, diagonal), alpha=alpha)
-                if diagonal else None,
-                cells={cell: wilcoxon_paired(_example_f1(run, [cell]), _example_f1(base, [cell]), alpha=alpha)
-                       for cell in base.cells} if per_cell else {},
+                scopes={scope: _paired(spec.test, run, base, s.groups, alpha) for scope, s in spec.scopes.items()},
+                groups={group: _paired(spec.test, run, base, (group,), alpha) for group in base.groups}
+                if per_cell else {},
             )
         compared[set_name] = SetComparison(
-            name=set_name, languages=base.languages, baseline=baseline,
-            results={name: by_name[name].sets[set_name] for name in names}, tests=tests)
+            name=set_name, baseline=baseline, results={name: by_name[name].sets[set_name] for name in names},
+            tests=tests)
     return Comparison(runs={report.name: report.path for report in reports}, baseline=baseline, alpha=alpha,
                       per_cell=per_cell, sets=compared, skipped_sets=skipped)
 
@@ -538,25 +579,30 @@ def compare_reports(
 
 
 def difference_heatmap_figure(comparison: SetComparison, run: str) -> Figure:
-    """Heatmap of ``run`` minus the baseline per cell (F1 points), diverging colours centred at 0."""
+    """Heatmap of ``run`` minus the baseline per grid cell (group-metric points), diverging colours at 0."""
+    base = comparison.base
+    if base.matrix is None:
+        raise ValueError(f"evaluation set {comparison.name!r} has no matrix layout to draw")
     delta = comparison.difference_matrix(run)
     finite = np.abs(delta[np.isfinite(delta)])
     # Symmetric limits put 0 at the colormap's neutral middle; at least ±1 point so that tiny noise is pale.
     limit = max(1.0, float(finite.max()) if finite.size else 0.0)
-    languages = comparison.languages
-    cell_tests = comparison.tests[run].cells
+    labels = base.matrix.rows
+    position = {cell: group for group, cell in base.matrix.cells.items()}
+    group_tests = comparison.tests[run].groups
 
     def annotate(row: int, column: int, value: float) -> tuple[str, str]:
-        test = cell_tests.get((languages[row], languages[column]))
+        test = group_tests.get(position.get((labels[row], labels[column]), ""))
         mark = "*" if test is not None and test.significant else ""
         return f"{value:+.1f}{mark}", "white" if abs(value) > 0.6 * limit else "black"
 
-    summary = comparison.summary()[run]
-    title = (f"{comparison.name}: F1 {run} − {comparison.baseline}\n"
-             f"G-XLT {summary['g_xlt_f1_difference']:+.2f}, "
-             f"XLT {_number(summary['xlt_f1_difference'], signed=True)}"
-             + (f" (* cell p ≤ {cell_tests[next(iter(cell_tests))].alpha:g})" if cell_tests else ""))
-    return matrix_figure(delta, languages, title, cmap="RdBu", limits=(-limit, limit), label="ΔF1", annotate=annotate)
+    view, summary = base.view, comparison.summary()[run]
+    headline = ", ".join(f"{view.columns.get(key, key).split()[0]} {_number(summary[f'{key}_difference'], signed=True)}"
+                         for key in view.headline)
+    title = (f"{comparison.name}: {view.group_label} {run} − {comparison.baseline}\n{headline}"
+             + (f" (* {view.group_kind} p ≤ {next(iter(group_tests.values())).alpha:g})" if group_tests else ""))
+    return matrix_figure(delta, labels, title, cmap="RdBu", limits=(-limit, limit), label=f"Δ{view.group_label}",
+                         annotate=annotate)
 
 
 @dataclass
@@ -566,16 +612,16 @@ class ComparisonFiles:
     json: Path
     markdown: Path
     heatmaps: dict[str, dict[str, Path]] = field(default_factory=dict)
-    """set → run → F1 heatmap of the run."""
+    """set → run → heatmap of the run (sets with a matrix)."""
 
     difference_heatmaps: dict[str, dict[str, Path]] = field(default_factory=dict)
     """set → run → heatmap of the run minus the baseline."""
 
 
 def write_comparison(comparison: Comparison, out_dir: str | os.PathLike, *, heatmaps: bool = True) -> ComparisonFiles:
-    """Write ``comparison.json``, ``comparison.md`` and heatmaps to ``out_dir``.
+    """Write ``comparison.json``, ``comparison.md`` and, for sets with a matrix, heatmaps to ``out_dir``.
 
-    Heatmaps: ``heatmaps/<set>/<run>.png`` (each run's F1 matrix, drawn by the evaluation layer) and
+    Heatmaps: ``heatmaps/<set>/<run>.png`` (each run's matrix, drawn by the evaluation layer) and
     ``heatmaps/<set>/<run>-minus-<baseline>.png`` (difference, diverging colours, 0 = neutral).
     """
     out = Path(out_dir)
@@ -587,6 +633,8 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike, *, heat
     files.markdown.write_text(comparison.to_markdown(), encoding="utf-8")
     if heatmaps:
         for set_name, set_comparison in comparison.sets.items():
+            if set_comparison.base.matrix is None:
+                continue
             directory = out / "heatmaps" / set_name
             files.heatmaps[set_name] = {run: save_heatmap(result, directory / f"{run}.png")
                                         for run, result in set_comparison.results.items()}

@@ -34,11 +34,12 @@ import yaml
 
 from xdist import checkpoint
 from xdist.config import JobConfig, to_dict
-from xdist.data.features import load_tokenizer
 from xdist.data.stream import TrainStream
+from xdist.data.tokenizer import load_tokenizer
+from xdist.deepspeed_config import resolve_deepspeed_config
 from xdist.distributed import DistEnv, all_gather_object, barrier, broadcast_object, setup_distributed
-from xdist.engine import Engine, resolve_deepspeed_config
-from xdist.evaluate import QAEvaluator
+from xdist.engine import Engine
+from xdist.evaluate import Evaluator
 from xdist.faults import (
     CollectiveTimeout,
     GracefulStop,
@@ -49,10 +50,10 @@ from xdist.faults import (
     is_timeout,
     json_safe,
 )
-from xdist.methods import build_method
-from xdist.models import build_qa_model
+from xdist.methods import MethodContext, build_method, method_class
 from xdist.monitor import Monitor, Throughput, TrainProgress, flatten, setup_logging
 from xdist.rundir import claim_output_dir
+from xdist.tasks import get_task
 
 log = logging.getLogger("xdist.train")
 
@@ -161,6 +162,8 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
     setup_logging(dist.rank)
     tcfg = cfg.train
     out = Path(tcfg.output_dir)
+    task = get_task(cfg.task)
+    method_class(cfg.method.name, task.name)  # a method that cannot train the task fails before any work
     seed_everything(tcfg.seed, 0)  # the same random init on every rank
 
     # ---- data -----------------------------------------------------------------------------------
@@ -174,6 +177,7 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
         seed=tcfg.seed,
         tokenizer_path=cfg.features.tokenizer,
         max_length=cfg.features.max_length,
+        task=task.name,
         vocab_size=len(tokenizer),
     )
     ga = tcfg.gradient_accumulation_steps
@@ -199,16 +203,13 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
         # skip/rollback need DeepSpeed to drop a step whose gradients are not finite; for bf16 ZeRO-1/2 its
         # overflow check is off unless asked for (fp32 and ZeRO-3 always check).
         ds_config.setdefault("bf16", {}).setdefault("check_grad_overflow", True)
-    model = build_qa_model(
-        cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, ds_config=ds_config
-    )
+    model = task.build_model(cfg.model, tokenizer=tokenizer, ds_config=ds_config)
     engine = Engine.create(model, tcfg, dist, total_steps, ds_config=ds_config)
     seed_everything(tcfg.seed, dist.rank)  # from here on ranks differ, so their dropout masks do
-    method = build_method(
-        cfg.method, output_dir=out, dist=dist, manifest_for_epoch=stream.manifest_for,
-        cache_batch_size=cfg.eval.batch_size,
-    )
-    evaluator = QAEvaluator(cfg, tokenizer, dist) if cfg.eval.sets else None
+    method = build_method(MethodContext(
+        cfg=cfg, task=task, dist=dist, output_dir=out, manifest_for_epoch=stream.manifest_for, tokenizer=tokenizer,
+    ))
+    evaluator = Evaluator(cfg, tokenizer, dist, task) if cfg.eval.sets else None
     monitor = Monitor(out, enabled=dist.is_main)
     # Under ZeRO-3 a parameter's local numel is its partition; ds_numel is the full size.
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())

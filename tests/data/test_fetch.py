@@ -24,8 +24,8 @@ import pytest
 from tests.cli_helpers import ENV, REPO
 from xdist.config import DataConfig, SourceConfig
 from xdist.data.fetch import REGISTRY, FetchError, fetch
-from xdist.data.readers import read_source
 from xdist.errors import OfflineError
+from xdist.tasks.qa.readers import read_source
 
 
 class Mirror:

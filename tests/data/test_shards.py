@@ -15,10 +15,10 @@ import pytest
 import webdataset as wds
 
 from xdist.config import JobConfig, build
-from xdist.data.examples import QAFeature
 from xdist.data.shards import (
     MANIFEST_NAME,
-    SAMPLE_MEMBERS,
+    META_MEMBER,
+    ArraySpec,
     ShardError,
     ShardMeta,
     decode_sample,
@@ -29,6 +29,8 @@ from xdist.data.shards import (
     tokenizer_fingerprint,
     write_shards,
 )
+from xdist.tasks.qa.examples import QAFeature
+from xdist.tasks.qa.features import qa_fields, shard_record
 
 CELLS = (("en", "en"), ("en", "de"), ("de", "en"), ("sw", "sw"))
 TRICKY_IDS = ("a.b", "a_b", "a/b", "日本語", "x_2e", "-1234", "")
@@ -65,6 +67,11 @@ def make_features(n_examples: int, length: int = 16, seed: int = 0, max_windows:
     return features
 
 
+def qa_records(features: list[QAFeature]):
+    """QA features as shard records, lazily (as prepare hands them to write_shards)."""
+    return (shard_record(feature) for feature in features)
+
+
 def _by_key(features: list[QAFeature]) -> dict[str, QAFeature]:
     return {sample_key(f.example_uid, f.window): f for f in features}
 
@@ -82,7 +89,7 @@ def _shard_members(path: Path) -> list[str]:
 def test_round_trip_restores_every_feature_and_counts(tmp_path):
     features = make_features(30)
     meta = ShardMeta(tokenizer_fingerprint="t" * 64, config_fingerprint="c" * 64, skipped={"total": 3})
-    manifest = write_shards(features, tmp_path, samples_per_shard=7, shuffle_seed=5, meta=meta)
+    manifest = write_shards(qa_records(features), tmp_path, samples_per_shard=7, shuffle_seed=5, meta=meta)
 
     loaded = load_manifest(tmp_path, verify_checksums=True)
     assert loaded == manifest
@@ -90,7 +97,7 @@ def test_round_trip_restores_every_feature_and_counts(tmp_path):
     assert [s.samples for s in loaded.shards] == [7] * (len(features) // 7) + (
         [len(features) % 7] if len(features) % 7 else []
     )
-    assert loaded.pairs == dict(Counter(f"{f.question_lang}-{f.context_lang}" for f in features))
+    assert loaded.groups == dict(Counter(f"{f.question_lang}-{f.context_lang}" for f in features))
     assert loaded.sources == dict(Counter(f.source.split(":")[0] for f in features))
     assert loaded.max_length == 16 and loaded.skipped == {"total": 3}
     assert loaded.tokenizer_fingerprint == "t" * 64
@@ -98,44 +105,46 @@ def test_round_trip_restores_every_feature_and_counts(tmp_path):
     expected = _by_key(features)
     seen = set()
     for shard in loaded.shards:
-        samples = [decode_sample(raw, 16) for raw in raw_samples([str(loaded.shard_path(shard))])]
+        samples = [decode_sample(raw, loaded.fields) for raw in raw_samples([str(loaded.shard_path(shard))])]
         assert len(samples) == shard.samples
-        assert dict(Counter(s.cell for s in samples)) == shard.pairs
+        assert dict(Counter(s.group for s in samples)) == shard.groups
         for sample in samples:
-            feature = expected[sample.key]
-            assert sample.example_uid == feature.example_uid and sample.window == feature.window
-            assert sample.input_ids.dtype == np.int32 and sample.attention_mask.dtype == np.uint8
-            assert sample.input_ids.tolist() == feature.input_ids
-            assert sample.attention_mask.tolist() == feature.attention_mask
-            assert sample.token_type_ids.tolist() == feature.token_type_ids
-            assert (sample.start_position, sample.end_position) == (feature.start_position, feature.end_position)
-            assert (sample.question_lang, sample.context_lang, sample.source) == (
+            feature, arrays = expected[sample.key], sample.arrays
+            assert sample.example_uid == feature.example_uid and sample.part == feature.window
+            assert arrays["input_ids"].dtype == np.int32 and arrays["attention_mask"].dtype == np.uint8
+            assert arrays["input_ids"].tolist() == feature.input_ids
+            assert arrays["attention_mask"].tolist() == feature.attention_mask
+            assert arrays["token_type_ids"].tolist() == feature.token_type_ids
+            assert (arrays["start_positions"], arrays["end_positions"]) == (
+                feature.start_position, feature.end_position)
+            assert (sample.meta["question_lang"], sample.meta["context_lang"], sample.source) == (
                 feature.question_lang, feature.context_lang, feature.source,
             )
             seen.add(sample.key)
     assert seen == set(expected)
 
-    # No pickle anywhere: exactly the four plain members per sample, none a .pyd/.pth/.pkl.
+    # No pickle anywhere: exactly the plain members per sample (one .npy per field + meta), none a .pyd/.pth/.pkl.
     suffixes = Counter()
     for shard in loaded.shards:
         for name in _shard_members(loaded.shard_path(shard)):
             key, _, suffix = name.partition(".")
             assert "/" not in key
             suffixes[suffix] += 1
-    assert set(suffixes) == set(SAMPLE_MEMBERS)
+    assert loaded.fields == qa_fields(16)
+    assert set(suffixes) == {f"{name}.npy" for name in loaded.fields} | {META_MEMBER}
     assert all(count == len(features) for count in suffixes.values())
 
 
 def test_write_shuffles_deterministically_and_mixes_cells(tmp_path):
     features = sorted(make_features(40), key=lambda f: (f.question_lang, f.context_lang))
-    a = write_shards(features, tmp_path / "a", 10, shuffle_seed=1)
-    b = write_shards(features, tmp_path / "b", 10, shuffle_seed=1)
-    c = write_shards(features, tmp_path / "c", 10, shuffle_seed=2)
+    a = write_shards(qa_records(features), tmp_path / "a", 10, shuffle_seed=1)
+    b = write_shards(qa_records(features), tmp_path / "b", 10, shuffle_seed=1)
+    c = write_shards(qa_records(features), tmp_path / "c", 10, shuffle_seed=2)
     # Same input and seed: byte-identical shards (fixed mtime), so sha256 matches.
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
     assert [s.sha256 for s in a.shards] != [s.sha256 for s in c.shards]
     # The input was sorted by cell; after the shuffle every full shard holds several cells.
-    assert all(len(s.pairs) >= 2 for s in a.shards if s.samples == 10)
+    assert all(len(s.groups) >= 2 for s in a.shards if s.samples == 10)
     keys_a = [s.key for s in iter_samples(a)]
     assert keys_a != [sample_key(f.example_uid, f.window) for f in features]
     assert sorted(keys_a) == sorted(s.key for s in iter_samples(c))
@@ -154,10 +163,10 @@ def test_sample_keys_are_safe_stable_and_injective():
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda fs: fs[3].input_ids.append(7), "input_ids has 17 tokens, expected 16"),
+        (lambda fs: fs[3].input_ids.append(7), "input_ids, attention_mask and token_type_ids have [17, 16, 16] tokens"),
         (lambda fs: setattr(fs[2], "end_position", 16), "end_position=16 is outside [0, 16)"),
         (lambda fs: setattr(fs[2], "start_position", fs[2].end_position + 1), "start_position"),
-        (lambda fs: fs.append(fs[0]), "duplicate (example, window)"),
+        (lambda fs: fs.append(fs[0]), "duplicate (example, part)"),
         (lambda fs: fs[1].attention_mask.__setitem__(0, 300), "attention_mask values must lie in [0, 255]"),
         (lambda fs: setattr(fs[4], "question_lang", ""), "question_lang and context_lang must be set"),
         (lambda fs: fs.clear(), "no features to write"),
@@ -167,7 +176,7 @@ def test_write_rejects_bad_features(tmp_path, mutate, message):
     features = make_features(5, max_windows=1)
     mutate(features)
     with pytest.raises(ShardError) as err:
-        write_shards(features, tmp_path, 4, shuffle_seed=0)
+        write_shards(qa_records(features), tmp_path, 4, shuffle_seed=0)
     assert message in str(err.value)
     if features:
         assert "example" in str(err.value)  # names the offending feature
@@ -175,12 +184,12 @@ def test_write_rejects_bad_features(tmp_path, mutate, message):
 
 
 def test_write_refuses_a_directory_with_shards(tmp_path):
-    write_shards(make_features(4), tmp_path, 4, shuffle_seed=0)
+    write_shards(qa_records(make_features(4)), tmp_path, 4, shuffle_seed=0)
     with pytest.raises(ShardError, match="already holds manifest.json .*overwrite=True"):
-        write_shards(make_features(4), tmp_path, 4, shuffle_seed=0)
+        write_shards(qa_records(make_features(4)), tmp_path, 4, shuffle_seed=0)
     (tmp_path / MANIFEST_NAME).unlink()
     with pytest.raises(ShardError, match="already holds train-000000.tar"):
-        write_shards(make_features(4), tmp_path, 4, shuffle_seed=0)
+        write_shards(qa_records(make_features(4)), tmp_path, 4, shuffle_seed=0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,7 +199,7 @@ def test_write_refuses_a_directory_with_shards(tmp_path):
 
 @pytest.fixture()
 def shard_dir(tmp_path) -> Path:
-    write_shards(make_features(12), tmp_path, 8, shuffle_seed=0)
+    write_shards(qa_records(make_features(12)), tmp_path, 8, shuffle_seed=0)
     return tmp_path
 
 
@@ -221,13 +230,14 @@ def test_corrupt_manifest_json_names_file_and_line(shard_dir):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda m: m.update(format_version=99), "shard format version 99, this xdist reads version 1"),
+        (lambda m: m.update(format_version=99),
+         "shard format version 99, this xdist reads version 2; re-run `xdist prepare`"),
         (lambda m: m.update(max_length="16"), "field 'max_length' should be int"),
         (lambda m: m.pop("shards"), "missing field 'shards'"),
         (lambda m: m.update(total_samples=m["total_samples"] + 1), "total_samples is"),
         (lambda m: m["shards"][0].update(samples=0), "has 0 samples, expected at least 1"),
         (lambda m: m["shards"][1].update(name="../evil.tar"), "is not of the form train-NNNNNN.tar"),
-        (lambda m: m["shards"][0]["pairs"].clear(), "do not add up"),
+        (lambda m: m["shards"][0]["groups"].clear(), "do not add up"),
     ],
 )
 def test_malformed_manifest_fields_are_named(shard_dir, edit, message):
@@ -278,7 +288,7 @@ def test_tokenizer_fingerprint_mismatch(tmp_path, monkeypatch):
     assert tokenizer_fingerprint(tok_a) != fingerprint
 
     shards = tmp_path / "shards"
-    write_shards(make_features(4), shards, 4, shuffle_seed=0, meta=ShardMeta(tokenizer_fingerprint(tok_a)))
+    write_shards(qa_records(make_features(4)), shards, 4, shuffle_seed=0, meta=ShardMeta(tokenizer_fingerprint(tok_a)))
     load_manifest(shards, tokenizer=tok_a)
     with pytest.raises(ShardError, match="re-run `xdist prepare` with this tokenizer"):
         load_manifest(shards, tokenizer=tok_b)
@@ -292,8 +302,8 @@ def test_decoder_refuses_pickled_or_unexpected_members(tmp_path):
         "input_ids.npy": _npy(np.arange(4, dtype=np.int32)),
         "attention_mask.npy": _npy(np.ones(4, np.uint8)),
         "token_type_ids.npy": _npy(np.zeros(4, np.uint8)),
-        "meta.json": json.dumps({"example_uid": "k", "window": 0, "start_position": 1, "end_position": 2,
-                                 "question_lang": "en", "context_lang": "en", "source": "s"}).encode(),
+        "meta.json": json.dumps({"example_uid": "k", "part": 0, "group": "en-en", "question_lang": "en",
+                                 "context_lang": "en", "source": "s"}).encode(),
     }
     pickled = io.BytesIO()
     np.save(pickled, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
@@ -305,15 +315,19 @@ def test_decoder_refuses_pickled_or_unexpected_members(tmp_path):
         for sample in (good, bad_npy, extra_member, truncated):
             writer.write(sample)
     raws = list(raw_samples([str(path)]))
-    assert decode_sample(raws[0], 4).input_ids.tolist() == [0, 1, 2, 3]
+    def fields(length: int) -> dict[str, ArraySpec]:
+        return {"input_ids": ArraySpec("int32", (length,)), "attention_mask": ArraySpec("uint8", (length,)),
+                "token_type_ids": ArraySpec("uint8", (length,))}
+
+    assert decode_sample(raws[0], fields(4)).arrays["input_ids"].tolist() == [0, 1, 2, 3]
     with pytest.raises(ShardError, match="input_ids.npy is not a plain .npy array"):
-        decode_sample(raws[1], 4)
+        decode_sample(raws[1], fields(4))
     with pytest.raises(ShardError, match=r"members .*payload\.pyd"):
-        decode_sample(raws[2], 4)
+        decode_sample(raws[2], fields(4))
     with pytest.raises(ShardError, match=r"token_type_ids.npy is not a plain .npy array: payload of 3 bytes"):
-        decode_sample(raws[3], 4)
+        decode_sample(raws[3], fields(4))
     with pytest.raises(ShardError, match=r"has shape \(4,\), expected \(8,\)"):
-        decode_sample(raws[0], 8)
+        decode_sample(raws[0], fields(8))
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -348,10 +362,10 @@ def _job(data_dir: Path, tokenizer_path: Path, shards: Path, extra_sources: list
 
 
 def test_prepare_real_subset_round_trips_and_is_idempotent(tmp_path, data_dir, tokenizer_path, mbert_tokenizer):
-    from xdist.data.features import featurize
     from xdist.data.prepare import prepare, shards_config
-    from xdist.data.readers import read_source
     from xdist.data.shards import json_fingerprint
+    from xdist.tasks.qa.features import featurize
+    from xdist.tasks.qa.readers import read_source
 
     # A SQuAD file with one good record and one whose answer offset is wrong: skipped and reported.
     squad = tmp_path / "tiny.json"
@@ -370,8 +384,8 @@ def test_prepare_real_subset_round_trips_and_is_idempotent(tmp_path, data_dir, t
         expected += featurize(read_source(source, cfg.data).examples, mbert_tokenizer, cfg.features).features
     assert manifest.total_samples == len(expected)
     assert manifest.sources == dict(Counter(f.source.split(":")[0] for f in expected))
-    assert set(manifest.pairs) == {"en-en", "en-de", "de-en", "de-de"}
-    assert manifest.pairs == dict(Counter(f"{f.question_lang}-{f.context_lang}" for f in expected))
+    assert set(manifest.groups) == {"en-en", "en-de", "de-en", "de-de"}
+    assert manifest.groups == dict(Counter(f"{f.question_lang}-{f.context_lang}" for f in expected))
     assert manifest.tokenizer_fingerprint == tokenizer_fingerprint(tokenizer_path)
     assert manifest.config_fingerprint == json_fingerprint(shards_config(cfg))
     assert manifest.skipped["total"]["total"] == 1
@@ -381,8 +395,9 @@ def test_prepare_real_subset_round_trips_and_is_idempotent(tmp_path, data_dir, t
     by_key = _by_key(expected)
     for sample in iter_samples(load_manifest(cfg.data.shards, tokenizer=tokenizer_path)):
         feature = by_key.pop(sample.key)
-        assert sample.input_ids.tolist() == feature.input_ids
-        assert (sample.start_position, sample.end_position) == (feature.start_position, feature.end_position)
+        assert sample.arrays["input_ids"].tolist() == feature.input_ids
+        assert (sample.arrays["start_positions"], sample.arrays["end_positions"]) == (
+            feature.start_position, feature.end_position)
     assert not by_key
 
     # Same config: up to date, nothing rewritten.
@@ -408,7 +423,7 @@ def test_prepare_real_subset_round_trips_and_is_idempotent(tmp_path, data_dir, t
 
 
 def test_shard_bytes_hash_is_recorded(tmp_path):
-    manifest = write_shards(make_features(6), tmp_path, 5, shuffle_seed=0)
+    manifest = write_shards(qa_records(make_features(6)), tmp_path, 5, shuffle_seed=0)
     for shard in manifest.shards:
         data = (tmp_path / shard.name).read_bytes()
         assert shard.bytes == len(data) and shard.sha256 == hashlib.sha256(data).hexdigest()

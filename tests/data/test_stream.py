@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.data.test_shards import make_features
+from tests.data.test_shards import make_features, qa_records
 from xdist.config import DataConfig
 from xdist.data.shards import MANIFEST_NAME, ShardError, ShardMeta, load_manifest, sample_key, write_shards
 from xdist.data.stream import StreamError, TrainStream, make_plan
@@ -29,7 +29,7 @@ LENGTH = 16
 
 def _write(directory: Path, n_examples: int, per_shard: int, seed: int = 0):
     features = make_features(n_examples, LENGTH, seed=seed, max_windows=1)
-    manifest = write_shards(features, directory, per_shard, shuffle_seed=seed)
+    manifest = write_shards(qa_records(features), directory, per_shard, shuffle_seed=seed)
     return manifest, {sample_key(f.example_uid, f.window): f for f in features}
 
 
@@ -91,7 +91,9 @@ def test_batches_have_the_training_layout(even):
         for name in ("input_ids", "attention_mask", "token_type_ids"):
             assert batch[name].dtype == torch.long and batch[name].shape == (5, LENGTH)
         assert batch["start_positions"].dtype == torch.long and batch["start_positions"].shape == (5,)
-        assert len(batch["keys"]) == len(batch["cells"]) == 5
+        assert len(batch["keys"]) == len(batch["groups"]) == 5
+        assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions",
+                              "keys", "groups"}
         for row, key in enumerate(batch["keys"]):
             feature = features[key]
             assert batch["input_ids"][row].tolist() == feature.input_ids
@@ -99,7 +101,7 @@ def test_batches_have_the_training_layout(even):
             assert batch["token_type_ids"][row].tolist() == feature.token_type_ids
             assert batch["start_positions"][row] == feature.start_position
             assert batch["end_positions"][row] == feature.end_position
-            assert batch["cells"][row] == f"{feature.question_lang}-{feature.context_lang}"
+            assert batch["groups"][row] == f"{feature.question_lang}-{feature.context_lang}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,8 +196,8 @@ def test_resume_under_a_different_plan_is_refused(uneven):
 
 def test_resume_on_rewritten_shards_is_refused(tmp_path):
     features = make_features(41, LENGTH, seed=1, max_windows=1)
-    write_shards(features, tmp_path / "a", 6, shuffle_seed=0)
-    write_shards(features, tmp_path / "b", 6, shuffle_seed=1)  # same counts, other content per shard
+    write_shards(qa_records(features), tmp_path / "a", 6, shuffle_seed=0)
+    write_shards(qa_records(features), tmp_path / "b", 6, shuffle_seed=1)  # same counts, other content per shard
     state = TrainStream(tmp_path / "a", 0, 2, 4, _cfg(), seed=5).state_dict()
     with pytest.raises(StreamError, match=r"cannot resume the data stream exactly: .*shards '"):
         TrainStream(tmp_path / "b", 0, 2, 4, _cfg(), seed=5).load_state_dict(state)
@@ -237,7 +239,8 @@ def test_start_checks_tokenizer_and_max_length(tmp_path):
     tok.mkdir()
     (tok / "tokenizer.json").write_text("{}")
     shards = tmp_path / "shards"
-    write_shards(make_features(8, LENGTH), shards, 4, shuffle_seed=0, meta=ShardMeta(tokenizer_fingerprint="0" * 64))
+    write_shards(qa_records(make_features(8, LENGTH)), shards, 4, shuffle_seed=0,
+                 meta=ShardMeta(tokenizer_fingerprint="0" * 64))
     with pytest.raises(ShardError, match="re-run `xdist prepare` with this tokenizer"):
         TrainStream(shards, 0, 1, 2, _cfg(), 0, tokenizer_path=tok)
     with pytest.raises(StreamError, match="max_length 16, but this run expects 32"):
@@ -259,9 +262,9 @@ def test_shard_count_changed_behind_the_manifest_is_an_error(tmp_path):
     manifest, _ = _write(tmp_path, 12, 6)
     data = json.loads((tmp_path / MANIFEST_NAME).read_text())
     shard = data["shards"][0]
-    cell = next(iter(shard["pairs"]))
+    cell = next(iter(shard["groups"]))
     shard["samples"] += 1
-    shard["pairs"][cell] += 1
+    shard["groups"][cell] += 1
     data["total_samples"] += 1
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
     load_manifest(tmp_path)  # sizes still match: only reading can tell

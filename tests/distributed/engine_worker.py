@@ -22,9 +22,11 @@ import torch.nn.functional as F
 
 from xdist import distributed
 from xdist.config import ModelConfig, TrainConfig
+from xdist.deepspeed_config import resolve_deepspeed_config
 from xdist.distributed import DistEnv, setup_distributed
-from xdist.engine import Engine, normalize_summed_loss, resolve_deepspeed_config
-from xdist.models import build_qa_model, iter_full_parameters
+from xdist.engine import Engine, normalize_summed_loss
+from xdist.tasks.qa.model import build_qa_model
+from xdist.weights import iter_full_parameters
 
 VOCAB, SEQ = 1000, 32
 START_MARK, END_MARK = 5, 6

@@ -23,16 +23,18 @@ from tests.distributed.engine_worker import Recorder, zero3_all_partitioned  # n
 from tests.mblm_helpers import CLASSES, examples, tiny_classifier  # noqa: E402
 from xdist.branched import branched_from_standard, export_branch  # noqa: E402
 from xdist.config import TrainConfig  # noqa: E402
-from xdist.data.features import load_tokenizer  # noqa: E402
+from xdist.data.tokenizer import load_tokenizer  # noqa: E402
 from xdist.distributed import setup_distributed  # noqa: E402
 from xdist.engine import Engine, resolve_deepspeed_config  # noqa: E402
-from xdist.methods.base import model_inputs  # noqa: E402
 from xdist.methods.mblm.config import BranchesConfig, MBLMConfig  # noqa: E402
-from xdist.methods.mblm.method import MBLM  # noqa: E402
+from xdist.methods.mblm.method import (
+    MBLM,  # noqa: E402
+    model_inputs,  # noqa: E402
+)
 from xdist.methods.mblm.teachers import fingerprint, teacher_loader  # noqa: E402
 from xdist.methods.teacher_cache import MultiTeacherCache  # noqa: E402
-from xdist.models import partition_footprint  # noqa: E402
 from xdist.tasks.classification.features import collate, encode_pairs  # noqa: E402
+from xdist.weights import partition_footprint  # noqa: E402
 
 LANGS = ["en", "de"]
 STEPS, CUT = 12, 6

@@ -28,17 +28,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from xdist import models
+from xdist import weights
 from xdist.config import load_config
-from xdist.data.features import load_tokenizer
 from xdist.data.stream import TrainStream
+from xdist.data.tokenizer import load_tokenizer
+from xdist.deepspeed_config import resolve_deepspeed_config
 from xdist.distributed import setup_distributed
-from xdist.engine import Engine, resolve_deepspeed_config
-from xdist.methods import build_method
-from xdist.methods.base import span_logits
+from xdist.engine import Engine
+from xdist.methods import MethodContext, build_method
 from xdist.methods.teacher_cache import build_teacher_cache
-from xdist.models import build_qa_model, frozen_copy, is_partitioned, iter_full_parameters, partition_footprint
+from xdist.tasks import get_task
 from xdist.train import seed_everything
+from xdist.weights import frozen_copy, is_partitioned, iter_full_parameters, partition_footprint
 
 
 def full_params(module) -> dict[str, torch.Tensor]:
@@ -48,6 +49,13 @@ def full_params(module) -> dict[str, torch.Tensor]:
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[n] - b[n]).abs().max().item() for n in a)
+
+
+TASK = get_task("qa")
+
+
+def span_logits(model, batch) -> torch.Tensor:
+    return TASK.logits(model, batch)
 
 
 def logits_diff(a, b, batch) -> float:
@@ -98,12 +106,12 @@ def main(job: str, zero_json: str, out: str, mode: str = "replicated") -> None:
         ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     seed = int(os.environ["XDIST_TEST_SEED"])
     seed_everything(seed, 0)  # the same init on every rank; the test prints the seed
-    model = build_qa_model(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                           ds_config=ds_config)
+    model = TASK.build_model(cfg.model, tokenizer=tokenizer, ds_config=ds_config)
     engine = Engine.create(model, cfg.train, dist, total, ds_config=ds_config)
     seed_everything(seed, dist.rank)
-    method = build_method(cfg.method, output_dir=out_dir / "run", dist=dist,
-                          manifest_for_epoch=stream.manifest_for)
+    context = MethodContext(cfg=cfg, task=TASK, dist=dist, output_dir=out_dir / "run",
+                            manifest_for_epoch=stream.manifest_for, tokenizer=tokenizer)
+    method = build_method(context)
     record: dict = {"zero_stage": engine.zero_stage, "epochs": []}
 
     engine.train()
@@ -175,7 +183,7 @@ def partitioned_checks(method, engine, stream, cfg, out_dir: Path, batch) -> dic
     counts = {n: [-(-total // n) for total in samples] for n in range(2, 9)}
     cache_batch = next((n for n, c in counts.items() if len(set(c)) > 1), 2)
     result["cache_batch_counts"] = counts[cache_batch]
-    cache = build_teacher_cache(teacher, manifest, out_dir / "cache-check", method.dist, mode="full",
+    cache = build_teacher_cache(TASK, teacher, manifest, out_dir / "cache-check", method.dist, mode="full",
                                 topk=cfg.method.cache_topk, temperature=cfg.method.temperature,
                                 batch_size=cache_batch)
     result["cache_vs_online"] = max(
@@ -184,8 +192,8 @@ def partitioned_checks(method, engine, stream, cfg, out_dir: Path, batch) -> dic
     )
 
     # Resume inside generation 2: a fresh method restores the teacher from its snapshot, partitioned.
-    resumed = build_method(cfg.method, output_dir=out_dir / "run", dist=method.dist,
-                           manifest_for_epoch=stream.manifest_for)
+    resumed = build_method(MethodContext(cfg=cfg, task=TASK, dist=method.dist, output_dir=out_dir / "run",
+                                         manifest_for_epoch=stream.manifest_for))
     resumed.load_state_dict(method.state_dict())
     resumed.on_epoch_start(2, engine)
     result["snapshot_partitioned"] = is_partitioned(resumed.teacher)
@@ -209,7 +217,7 @@ def partitioned_checks(method, engine, stream, cfg, out_dir: Path, batch) -> dic
     result["rng_untouched_by_load"] = torch.equal(rng_before, torch.get_rng_state())
     span_logits(other.module, batch)
     result["fallback_before"] = max_diff(full_params(other.module), full_params(engine.module))
-    models._copy_gathered(engine.module, other.module)
+    weights._copy_gathered(engine.module, other.module)
     result["fallback_logits_vs_replicated"] = logits_diff(other.module, replica, batch)
     result["fallback_vs_student"] = max_diff(full_params(other.module), full_params(engine.module))
     return result

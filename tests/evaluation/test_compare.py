@@ -19,8 +19,8 @@ from xdist.compare import (
     wilcoxon_paired,
     write_comparison,
 )
-from xdist.data.examples import Answer, QAExample
-from xdist.evaluation import EvalResult, evaluate_predictions, write_report
+from xdist.evaluation import QAResult, evaluate_predictions, write_report
+from xdist.tasks.qa.examples import Answer, QAExample
 
 # A hyphenated language code checks that uids ("<id>/<q>-<c>") are assigned to cells without splitting on '-'.
 LANGUAGES = ("en", "el", "pt-br")
@@ -57,7 +57,7 @@ def predict(examples: list[QAExample], rng: np.random.Generator, p_exact: float)
     return predictions
 
 
-def evaluate(examples, predictions) -> EvalResult:
+def evaluate(examples, predictions) -> QAResult:
     return evaluate_predictions(examples, predictions, name="xq", languages=list(LANGUAGES))
 
 
@@ -82,12 +82,11 @@ def test_table_numbers_equal_each_runs_metrics(tmp_path, rng):
         write_report(result, tmp_path / name, heatmap=False)
     reports = [load_report(tmp_path / name) for name in results]
 
-    # Loading gives back the results that were written: example scores, predictions, cells.
+    # Loading gives back the results that were written: example scores, cells (groups), summary, matrix.
     for report, (name, result) in zip(reports, results.items(), strict=True):
         assert report.name == name and report.path == tmp_path / name
         loaded = report.sets["xq"]
-        assert loaded.languages == LANGUAGES and loaded.examples == result.examples
-        assert loaded.cells == result.cells
+        assert loaded.matrix.rows == LANGUAGES and loaded == result.result()
 
     comparison = compare_reports(reports, baseline="skd")
     data = comparison.to_json()
@@ -99,13 +98,13 @@ def test_table_numbers_equal_each_runs_metrics(tmp_path, rng):
         assert row["xlt_f1"] == result.xlt.f1 and row["xlt_em"] == result.xlt.exact_match
         assert row["g_xlt_f1_difference"] == pytest.approx(result.g_xlt.f1 - results["skd"].g_xlt.f1)
         assert row["num_examples"] == 12 * 9 and row["num_cells"] == 9
-    for cell_row in xq["cells"]:
+    for cell_row in xq["groups"]:
         cell = (cell_row["question_lang"], cell_row["context_lang"])
         for name, result in results.items():
             assert cell_row["f1"][name] == result.cells[cell].f1
             assert cell_row["exact_match"][name] == result.cells[cell].exact_match
         assert set(cell_row["f1_difference"]) == {"ce", "map"}
-    assert len(xq["cells"]) == 9
+    assert len(xq["groups"]) == 9
     for name in ("ce", "map"):
         expected = results[name].matrix() - results["skd"].matrix()
         np.testing.assert_allclose(np.array(xq["difference_matrix"]["f1"][name]), expected, rtol=0, atol=1e-12)
@@ -142,29 +141,30 @@ def test_clearly_better_run_is_significant_and_matches_scipy_per_scope(tmp_path,
     write_report(strong, tmp_path / "skd", heatmap=False)
     comparison = compare_reports([load_report(tmp_path / "ce"), load_report(tmp_path / "skd")], per_cell=True)
     tests = comparison.sets["xq"].tests["skd"]
+    g_xlt, xlt = tests.scopes["g_xlt"], tests.scopes["xlt"]
 
     x, y = paired_arrays(strong.example_f1(), weak.example_f1())
     expected = scipy.stats.wilcoxon(x, y)
-    assert tests.g_xlt.p_value == pytest.approx(float(expected.pvalue), rel=1e-12)
-    assert tests.g_xlt.statistic == pytest.approx(float(expected.statistic), rel=1e-12)
-    assert tests.g_xlt.significant and tests.g_xlt.p_value < 1e-6 and tests.g_xlt.mean_difference > 0.4
-    assert tests.g_xlt.n_pairs == 15 * 9
+    assert g_xlt.p_value == pytest.approx(float(expected.pvalue), rel=1e-12)
+    assert g_xlt.statistic == pytest.approx(float(expected.statistic), rel=1e-12)
+    assert g_xlt.significant and g_xlt.p_value < 1e-6 and g_xlt.mean_difference > 0.4
+    assert g_xlt.n_pairs == 15 * 9
 
-    def scope(result: EvalResult, cells) -> dict[str, float]:
+    def scope(result: QAResult, cells) -> dict[str, float]:
         return {uid: s.f1 for uid, s in result.examples.items() if (s.question_lang, s.context_lang) in cells}
 
     diagonal = {(lang, lang) for lang in LANGUAGES}
     x, y = paired_arrays(scope(strong, diagonal), scope(weak, diagonal))
-    assert tests.xlt.n_pairs == 45 and tests.xlt.p_value == pytest.approx(float(scipy.stats.wilcoxon(x, y).pvalue))
-    assert set(tests.cells) == set(strong.cells)
+    assert xlt.n_pairs == 45 and xlt.p_value == pytest.approx(float(scipy.stats.wilcoxon(x, y).pvalue))
+    assert set(tests.groups) == {f"{q}-{c}" for q, c in strong.cells}
     x, y = paired_arrays(scope(strong, {("el", "pt-br")}), scope(weak, {("el", "pt-br")}))
     if np.any(x != y):
-        assert tests.cells[("el", "pt-br")].p_value == pytest.approx(float(scipy.stats.wilcoxon(x, y).pvalue))
+        assert tests.groups["el-pt-br"].p_value == pytest.approx(float(scipy.stats.wilcoxon(x, y).pvalue))
 
     # The other direction: same p-value, negative difference.
     reverse = compare_reports([load_report(tmp_path / "ce"), load_report(tmp_path / "skd")], baseline="skd")
-    assert reverse.sets["xq"].tests["ce"].g_xlt.p_value == pytest.approx(tests.g_xlt.p_value)
-    assert reverse.sets["xq"].tests["ce"].g_xlt.mean_difference == pytest.approx(-tests.g_xlt.mean_difference)
+    assert reverse.sets["xq"].tests["ce"].scopes["g_xlt"].p_value == pytest.approx(g_xlt.p_value)
+    assert reverse.sets["xq"].tests["ce"].scopes["g_xlt"].mean_difference == pytest.approx(-g_xlt.mean_difference)
 
 
 def test_identical_runs_are_not_significant_without_warnings(tmp_path, rng):
@@ -176,12 +176,13 @@ def test_identical_runs_are_not_significant_without_warnings(tmp_path, rng):
         warnings.simplefilter("error")
         comparison = compare_reports([load_report(tmp_path / "a"), load_report(tmp_path / "b")], per_cell=True)
     tests = comparison.sets["xq"].tests["b"]
-    for test in (tests.g_xlt, tests.xlt, *tests.cells.values()):
+    for test in (*tests.scopes.values(), *tests.groups.values()):
         assert test.p_value is None and test.statistic is None and not test.significant
         assert test.n_nonzero == 0 and test.mean_difference == 0.0
-    assert tests.g_xlt.n_pairs == 90
+    assert set(tests.scopes) == {"g_xlt", "xlt"} and tests.scopes["g_xlt"].n_pairs == 90
     assert "all pairs tied" in comparison.to_markdown()
-    assert json.loads(json.dumps(comparison.to_json()))["sets"]["xq"]["tests"]["b"]["g_xlt"]["p_value"] is None
+    written = json.loads(json.dumps(comparison.to_json()))
+    assert written["sets"]["xq"]["tests"]["b"]["scopes"]["g_xlt"]["p_value"] is None
 
 
 def test_runs_on_different_examples_are_refused(tmp_path, rng):
@@ -255,7 +256,7 @@ def test_load_errors_name_the_file(tmp_path, rng):
     del scores[uid]
     scores["bogus"] = {"exact_match": 0, "f1": 0}
     scores_path.write_text(json.dumps(scores))
-    with pytest.raises(ValueError, match=r"uid 'bogus' does not end in"):
+    with pytest.raises(ValueError, match=r"uid 'bogus' names no group of set 'xq'"):
         load_report(tmp_path / "r")
     # A set name that would lead out of the report directory is refused before it becomes a path.
     metrics_path = tmp_path / "r" / "metrics.json"
@@ -279,7 +280,7 @@ def test_cli_compare_end_to_end(tmp_path, rng, capsys):
     written = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
     direct = run_compare([tmp_path / "run1", tmp_path / "run2"], names=["ce", "skd"], alpha=0.01)
     assert written["sets"] == json.loads(json.dumps(direct.to_json()["sets"]))
-    assert written["test"]["alpha"] == 0.01 and written["test"]["zero_method"] == "wilcox"
+    assert written["test"]["alpha"] == 0.01 and written["test"]["wilcoxon"]["zero_method"] == "wilcox"
     assert (out / "heatmaps" / "xq" / "skd-minus-ce.png").is_file()
 
     assert main(["compare", str(tmp_path / "run1"), str(tmp_path / "run2"), "--baseline", "nope"]) == 2
@@ -301,3 +302,50 @@ def test_sets_shared_by_all_runs_are_compared_and_the_rest_listed(tmp_path, rng)
         compare_reports(reports, sets=["extra"])
     with pytest.raises(ValueError, match="run names must be unique"):
         compare_reports([reports[0], load_report(tmp_path / "b", name="a")])
+
+
+def test_a_task_agnostic_result_without_matrix_round_trips_and_compares_with_mcnemar(tmp_path, rng):
+    """What a classification task hands over: accuracy per language, 0/1 correctness per example, no matrix."""
+    from xdist.compare import mcnemar_paired
+    from xdist.evaluation import EvalResult, PairedSpec, Scope, View
+
+    languages = ("en", "de", "sw")
+    uids = [f"x{i}/{lang}" for i in range(40) for lang in languages]
+
+    def result(p_correct: float) -> EvalResult:
+        correct = {uid: float(rng.random() < p_correct) for uid in uids}
+        groups = {}
+        for lang in languages:
+            members = [c for uid, c in correct.items() if uid.endswith(lang)]
+            groups[lang] = {"accuracy": 100.0 * sum(members) / len(members), "count": len(members)}
+        macro = sum(g["accuracy"] for g in groups.values()) / len(groups)
+        return EvalResult(
+            name="xnli", task="classification", summary={"macro": macro, "worst_language": "sw"}, groups=groups,
+            examples={uid: {"correct": c} for uid, c in correct.items()},
+            example_groups={uid: uid.rsplit("/", 1)[1] for uid in uids},
+            paired=PairedSpec("correct", "mcnemar", {"all": Scope("all languages")}),
+            view=View({"macro": "macro accuracy"}, ("macro",), "accuracy", "accuracy", {"accuracy": "accuracy"},
+                      "language"),
+        )
+
+    weak, strong = result(0.4), result(0.8)
+    write_report(weak, tmp_path / "a")
+    write_report(strong, tmp_path / "b")
+    assert (tmp_path / "a" / "charts" / "xnli.png").is_file() and not (tmp_path / "a" / "heatmaps").exists()
+    assert load_report(tmp_path / "a").sets["xnli"] == weak
+    comparison = compare_reports([load_report(tmp_path / "a"), load_report(tmp_path / "b")], per_cell=True)
+    test = comparison.sets["xnli"].tests["b"].scopes["all"]
+    b = sum(strong.examples[u]["correct"] > weak.examples[u]["correct"] for u in uids)
+    c = sum(strong.examples[u]["correct"] < weak.examples[u]["correct"] for u in uids)
+    expected = scipy.stats.binomtest(min(b, c), b + c, 0.5).pvalue  # the exact two-sided McNemar p-value
+    assert test.n_nonzero == b + c and test.p_value == pytest.approx(expected, rel=1e-9)
+    assert set(comparison.sets["xnli"].tests["b"].groups) == set(languages)
+    assert comparison.sets["xnli"].summary()["b"]["macro_difference"] == pytest.approx(
+        strong.summary["macro"] - weak.summary["macro"])
+    markdown = comparison.to_markdown()
+    assert "McNemar" in markdown and "| sw |" in markdown
+    files = write_comparison(comparison, tmp_path / "cmp")
+    assert files.heatmaps == {} and json.loads(files.json.read_text())["test"]["mcnemar"]["name"] == "mcnemar exact"
+    assert mcnemar_paired({"u": 1.0}, {"u": 1.0}).p_value is None
+    with pytest.raises(ValueError, match="not 0 or 1"):
+        mcnemar_paired({"u": 0.5}, {"u": 1.0})

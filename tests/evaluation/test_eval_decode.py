@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from xdist.data.examples import Answer, QAExample, QAFeature
 from xdist.evaluation import decode_predictions, evaluate_qa
+from xdist.tasks.qa.examples import Answer, QAExample, QAFeature
 
 LOW = -10.0
 N_QUESTION = 2  # question tokens in the synthetic features: [CLS] q q [SEP] context... [SEP] pad...

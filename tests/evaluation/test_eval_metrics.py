@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from xdist.data.examples import Answer, QAExample, QAFeature
 from xdist.evaluation import EvalSummary, evaluate_predictions, evaluate_qa
+from xdist.tasks.qa.examples import Answer, QAExample, QAFeature
 
 
 def ex(qid: str, q: str, c: str, *golds: str) -> QAExample:

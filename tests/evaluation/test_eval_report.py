@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xdist.data.examples import Answer, QAExample
 from xdist.evaluation import EvalSummary, evaluate_predictions, heatmap_image, write_report
+from xdist.tasks.qa.examples import Answer, QAExample
 
 
 def ex(qid: str, q: str, c: str, gold: str) -> QAExample:
@@ -45,7 +45,7 @@ def test_write_report_files_and_structure(tmp_path):
 
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert files.metrics == tmp_path / "metrics.json"
-    assert set(metrics) == {"summary", "sets"} and set(metrics["sets"]) == {"mlqa-dev", "xquad"}
+    assert set(metrics) == {"version", "summary", "sets"} and set(metrics["sets"]) == {"mlqa-dev", "xquad"}
     mlqa = metrics["sets"]["mlqa-dev"]
     assert mlqa["languages"] == ["en", "de", "zh"]
     assert mlqa["num_cells"] == 8 and mlqa["num_examples"] == 16

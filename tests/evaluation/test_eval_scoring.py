@@ -14,8 +14,8 @@ from collections import Counter
 import pytest
 
 from xdist.config import ConfigError, SourceConfig, load_config
-from xdist.data.examples import Answer, QAExample
 from xdist.evaluation import evaluate_predictions
+from xdist.tasks.qa.examples import Answer, QAExample
 
 
 def official_normalize_answer(s):

@@ -1,42 +1,11 @@
-"""The data layer: raw QA files → examples → tokenised features (→ shards, in :mod:`xdist.data.shards`).
+"""The task-agnostic data layer: sources (errors, skip reports, paths), the tokenizer, shards and their
+manifest, the per-epoch shard-set index, the training stream and ``xdist prepare``.
 
+What a source's records mean and how they become features is a task's business (:mod:`xdist.tasks`).
 Importing this package is cheap: ``transformers`` is only imported when a tokenizer is loaded.
 """
 
-from xdist.data.examples import Answer, QAExample, QAFeature
-from xdist.data.features import (
-    FeatureResult,
-    FeatureStats,
-    featurize,
-    iter_features,
-    load_tokenizer,
-    truncate_questions,
-)
-from xdist.data.readers import (
-    DataError,
-    ReadResult,
-    SkipReport,
-    read_source,
-    resolve_path,
-    split_titles,
-    title_is_eval,
-)
+from xdist.data.sources import DataError, SkipReport, resolve_path
+from xdist.data.tokenizer import load_tokenizer
 
-__all__ = [
-    "Answer",
-    "DataError",
-    "FeatureResult",
-    "FeatureStats",
-    "QAExample",
-    "QAFeature",
-    "ReadResult",
-    "SkipReport",
-    "featurize",
-    "iter_features",
-    "load_tokenizer",
-    "read_source",
-    "resolve_path",
-    "split_titles",
-    "title_is_eval",
-    "truncate_questions",
-]
+__all__ = ["DataError", "SkipReport", "load_tokenizer", "resolve_path"]

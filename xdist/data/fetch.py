@@ -129,7 +129,7 @@ class DataSet:
     """One line for ``xdist data list``: what it is and its licence."""
 
 
-# --- unpackers: official distribution -> the layout of the readers (xdist/data/readers.py) --------
+# --- unpackers: official distribution -> the layout of the readers (xdist/tasks/qa/readers.py) --------
 
 
 def _copy_into(target: str) -> Unpacker:

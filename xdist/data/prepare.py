@@ -1,14 +1,15 @@
 """``xdist prepare``: raw sources → examples → features → webdataset shards + manifest.
 
-Every source of ``data.train`` is read (:func:`xdist.data.readers.read_source`), featurised with the
-configured tokenizer (:mod:`xdist.data.features`) and written to ``data.shards``
-(:func:`xdist.data.shards.write_shards`). The manifest records two fingerprints: the tokenizer's files
+Every source of ``data.train`` is read by the job's task (:meth:`xdist.tasks.base.Task.read`; QA:
+:func:`xdist.tasks.qa.readers.read_source`), featurised with the configured tokenizer
+(:meth:`~xdist.tasks.base.Task.shard_records`; QA: :mod:`xdist.tasks.qa.features`) and written to
+``data.shards`` (:func:`xdist.data.shards.write_shards`). The manifest records two fingerprints: the tokenizer's files
 and the part of the config that decides the shards' content. A shard directory whose manifest carries
 the same fingerprints is up to date and left alone; one with different fingerprints, or with files of
 an interrupted run, is only replaced when asked (``overwrite=True``, ``xdist prepare --overwrite``).
 
-Cross-lingual sampling (``sampling`` on a source, :mod:`xdist.data.sampling`): the sampled examples go
-through the same features/shards path; the manifest's ``pairs`` counts features per cell as always, and
+Cross-lingual sampling (``sampling`` on a source, :mod:`xdist.tasks.qa.sampling`): the sampled examples go
+through the same features/shards path; the manifest's ``groups`` counts features per cell as always, and
 ``feature_stats["sampling"]`` holds each sampled source's report (parameters, questions, examples, the
 histogram of pairs per question, examples per cell and per language). With ``sampling.per_epoch`` on any
 training source, one shard set is written per epoch (``train.epochs`` of them), each a complete shard
@@ -35,9 +36,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from xdist.config import JobConfig
-from xdist.data.features import FeatureStats, iter_features, load_tokenizer
-from xdist.data.readers import SkipReport, read_source
-from xdist.data.sampling import EPOCH_INDEX_NAME, EpochIndex, epoch_set_name, load_epoch_index, write_epoch_index
+from xdist.data.epochs import EPOCH_INDEX_NAME, EpochIndex, epoch_set_name, load_epoch_index, write_epoch_index
 from xdist.data.shards import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -51,6 +50,9 @@ from xdist.data.shards import (
     tokenizer_fingerprint,
     write_shards,
 )
+from xdist.data.sources import SkipReport
+from xdist.data.tokenizer import load_tokenizer
+from xdist.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,12 @@ def shards_config(cfg: JobConfig) -> dict[str, Any]:
     files are fingerprinted separately), and how shards are read (``num_workers``, ``shuffle_buffer``,
     ``uneven``), none of which changes what is written.
     """
-    data, features = cfg.data, cfg.features
+    data = cfg.data
+    # Every feature setting but the tokenizer's location (its files are fingerprinted separately).
+    features = {k: v for k, v in dataclasses.asdict(cfg.features).items() if k != "tokenizer"}
     config = {
         "format_version": FORMAT_VERSION,
+        "task": cfg.task,
         "shuffle_seed": WRITE_SHUFFLE_SEED,
         "data": {
             "train": [_source_config(source) for source in data.train],
@@ -77,15 +82,23 @@ def shards_config(cfg: JobConfig) -> dict[str, Any]:
             "samples_per_shard": data.samples_per_shard,
             "bad_records": data.bad_records,
         },
-        "features": {
-            "max_length": features.max_length,
-            "doc_stride": features.doc_stride,
-            "max_query_length": features.max_query_length,
-        },
+        "features": features,
     }
     if (sets := shard_sets_needed(cfg)) > 1:
         config["epoch_sets"] = sets
+    hook = getattr(_method(cfg), "shards_config", None)
+    if hook is not None:  # a method that shapes its own samples (ALSACE's pairs) adds what decides them
+        config["method"] = hook(cfg)
     return config
+
+
+def _method(cfg: JobConfig) -> type:
+    """The job's method class (checked against the task). Imported here, at call time, because a method
+    may shape its training samples: one with ``prepare_records`` (ALSACE: pairs of parallel rows) writes
+    those instead of the task's one sample per feature, and its ``shards_config`` joins the fingerprint."""
+    from xdist.methods import method_class
+
+    return method_class(cfg.method.name, cfg.task)
 
 
 def _source_config(source) -> dict[str, Any]:
@@ -290,26 +303,34 @@ def _prepare_set(
             log.warning("%s also holds files that are not shards (%s); they are left alone", out_dir, foreign[:3])
         _clear(out_dir)
 
-    skipped_total, stats_total = SkipReport(), FeatureStats()
-    meta = ShardMeta(tokenizer_fingerprint=tokenizer_fp, config_fingerprint=config_fp, config=config)
+    task = get_task(cfg.task)
+    skipped_total, stats_total = SkipReport(), task.new_feature_stats()
+    meta = ShardMeta(task=task.name, tokenizer_fingerprint=tokenizer_fp, config_fingerprint=config_fp, config=config)
     meta.skipped = {"per_source": {}, "notes": []}
     meta.feature_stats = {"per_source": {}}
+
+    method_records = getattr(_method(cfg), "prepare_records", None)
 
     def features():
         # A generator, so features stream into write_shards (which keeps them only encoded). It fills
         # ``meta`` as it goes; write_shards drains it before building the manifest, so meta is complete.
         for source in cfg.data.train:
-            result = read_source(source, cfg.data, epoch=epoch)
+            result = task.read(source, cfg.data, epoch=epoch)
             skipped_total.merge(result.skipped)
             meta.skipped["per_source"][source.name] = result.skipped.to_dict()
             meta.skipped["notes"] += [f"{source.name}: {note}" for note in result.notes]
-            if result.sampling is not None:
-                meta.feature_stats.setdefault("sampling", {})[source.name] = result.sampling.to_dict()
-            stats = FeatureStats()
-            # disable=None: no bar when stderr is not a terminal (a log file gets the summary lines only).
-            examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example",
-                            disable=None if progress else True)
-            yield from iter_features(examples, tokenizer(), cfg.features, stats)
+            for kind, report in result.reports.items():
+                meta.feature_stats.setdefault(kind, {})[source.name] = report
+            stats = task.new_feature_stats()
+            if method_records is not None:
+                records, report = method_records(cfg, task, result, tokenizer(), stats)
+                meta.feature_stats.setdefault(cfg.method.name, {})[source.name] = report
+                yield from records
+            else:
+                # disable=None: no bar when stderr is not a terminal (a log file gets the summary lines only).
+                examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example",
+                                disable=None if progress else True)
+                yield from task.shard_records(examples, tokenizer(), cfg.features, stats)
             stats_total.merge(stats)
             meta.feature_stats["per_source"][source.name] = stats.to_dict()
             log.info("source %s: %s", source.name, stats.summary())
@@ -321,9 +342,9 @@ def _prepare_set(
         progress=progress,
     )
     log.info(
-        "prepared %d features in %d shards at %s\n  per pair: %s\n  per source: %s\n  skipped: %s\n  features: %s",
+        "prepared %d features in %d shards at %s\n  per group: %s\n  per source: %s\n  skipped: %s\n  features: %s",
         manifest.total_samples, len(manifest.shards), out_dir,
-        ", ".join(f"{cell} {n}" for cell, n in manifest.pairs.items()),
+        ", ".join(f"{group} {n}" for group, n in manifest.groups.items()),
         ", ".join(f"{name} {n}" for name, n in manifest.sources.items()),
         skipped_total.summary(), stats_total.summary(),
     )

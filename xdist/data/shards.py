@@ -1,18 +1,22 @@
-"""Training shards: QA features written as webdataset ``.tar`` files, described by ``manifest.json``.
+"""Training shards: a task's samples written as webdataset ``.tar`` files, described by ``manifest.json``.
 
 Layout of a shard directory::
 
     train-000000.tar  train-000001.tar  ...  manifest.json
 
-Each sample in a shard has a stable key (see :func:`sample_key`) and four members, none of them pickled:
-``<key>.input_ids.npy`` (int32 [L]), ``<key>.attention_mask.npy`` and ``<key>.token_type_ids.npy``
-(uint8 [L]) and ``<key>.meta.json`` (example uid, window, answer positions, languages, source).
+The schema is the same for every task. A task turns each feature into a :class:`ShardRecord`: named
+numeric arrays (token ids, masks, and the labels too: QA's ``start_positions``/``end_positions``, a
+classification label) plus a little JSON. Each sample in a shard has a stable key (see
+:func:`sample_key`) and one member per array, ``<key>.<name>.npy``, plus ``<key>.meta.json`` (example
+uid, part, group, source and the task's extra fields); none of them is pickled. Every sample of a set has
+the same arrays with the same dtypes and shapes; the manifest lists them (``fields``), the decoder
+accepts exactly those members, and one collate (:func:`xdist.data.stream.collate`) stacks them all.
 
 The manifest is written last, atomically, so a directory with a manifest always holds a complete set of
-shards. It records per-shard sample counts (the stream plans every epoch from these counts alone,
-without opening a tar), per (question, context) language pair and per source counts, and fingerprints of
-the tokenizer and of the config that produced the shards, so a training run can refuse shards that do
-not match its tokenizer or config.
+shards. It records the task, per-shard sample counts (the stream plans every epoch from these counts
+alone, without opening a tar), per group (QA: the (question, context) language cell) and per source
+counts, and fingerprints of the tokenizer and of the config that produced the shards, so a training run
+can refuse shards that do not match its tokenizer or config.
 
 webdataset does the tar writing (``ShardWriter``) and reading (``tarfile_to_samples``); what it does not
 do, and this module adds: deterministic pre-shuffling, key sanitising, strict no-pickle decoding and the
@@ -42,22 +46,24 @@ import numpy as np
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from xdist.data.examples import QAFeature, cell_name
-from xdist.data.features import tokenizer_directory
+from xdist.data.tokenizer import tokenizer_directory
 from xdist.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-"""Version of the shard layout and manifest schema; bumped on any incompatible change."""
+FORMAT_VERSION = 2
+"""Version of the shard layout and manifest schema; bumped on any incompatible change (2: generic arrays,
+labels included, listed in the manifest's ``fields``; ``groups`` instead of QA's ``pairs``)."""
 
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "train-%06d.tar"
 SHARD_NAME_RE = re.compile(r"train-\d{6}\.tar")
-ARRAY_MEMBERS = ("input_ids.npy", "attention_mask.npy", "token_type_ids.npy")
 META_MEMBER = "meta.json"
-SAMPLE_MEMBERS = (*ARRAY_MEMBERS, META_MEMBER)
-_SAMPLE_MEMBER_SET = frozenset(SAMPLE_MEMBERS)  # what decode_sample compares every sample's members with
+META_FIELDS = ("example_uid", "part", "group", "source")
+"""Keys every sample's ``meta.json`` holds (a task's extra meta fields come beside them)."""
+BATCH_KEYS = ("keys", "groups")
+"""Names :func:`xdist.data.stream.collate` gives the per-row key and group lists; no array may use them."""
+_FIELD_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 """Files of a Hugging Face tokenizer directory that determine its output; hashed into its fingerprint."""
@@ -70,6 +76,49 @@ class ShardError(UserError, ValueError):
     """Shards or their manifest are missing, malformed or do not match what the caller expects."""
 
 
+@dataclass(frozen=True)
+class ArraySpec:
+    """Dtype and per-sample shape of one array field of a shard set (``()`` for a scalar such as a label)."""
+
+    dtype: str
+    """numpy dtype name (``int32``, ``uint8``, ``float32``, ...)."""
+
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> ArraySpec:
+        return cls(array.dtype.name, tuple(int(n) for n in array.shape))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class ShardRecord:
+    """One sample as a task hands it to :func:`write_shards`."""
+
+    uid: str
+    """The stable uid of the example this sample comes from (QA: ``<question id>/<q>-<c>``)."""
+
+    part: int
+    """Index of this sample among its example's samples (QA: the sliding window; 0 when an example gives one
+    sample). ``(uid, part)`` is unique in a shard set and gives the sample's key."""
+
+    arrays: dict[str, np.ndarray]
+    """Every array the model and the loss need, labels included: plain numeric numpy arrays, the same names,
+    dtypes and shapes in every record of a set. The training batch holds exactly these names."""
+
+    group: str
+    """What the manifest counts samples by, and what the batch's ``groups`` list holds (QA: the ``q-c``
+    language cell; classification: the language)."""
+
+    source: str
+    """``<source name>:<file or detail>``; the manifest counts samples per source name."""
+
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Extra JSON-serialisable fields the task wants back when it reads a sample (QA: the languages)."""
+
+
 @dataclass
 class ShardInfo:
     """One ``.tar`` shard as recorded in the manifest."""
@@ -78,8 +127,8 @@ class ShardInfo:
     samples: int
     bytes: int
     sha256: str
-    pairs: dict[str, int]
-    """Samples per ``"q-c"`` language pair in this shard."""
+    groups: dict[str, int]
+    """Samples per group (:attr:`ShardRecord.group`) in this shard."""
 
 
 @dataclass
@@ -95,17 +144,26 @@ class ShardMeta:
     feature_stats: dict[str, Any] = field(default_factory=dict)
     """Featurisation statistics (windows per example, answers lost to truncation, ...)."""
 
+    task: str = "qa"
+    """The task (``JobConfig.task``) whose samples these are."""
+
 
 @dataclass
 class Manifest:
     """Contents of ``manifest.json``. ``directory`` is where it was loaded from (not serialised)."""
 
     format_version: int
+    task: str
+    """The task whose samples the shards hold (``JobConfig.task``)."""
+    fields: dict[str, ArraySpec]
+    """Every array of a sample: name → dtype and per-sample shape."""
     shards: list[ShardInfo]
     total_samples: int
-    pairs: dict[str, int]
+    groups: dict[str, int]
+    """Samples per group (QA: per ``q-c`` language cell)."""
     sources: dict[str, int]
     max_length: int
+    """Token sequence length: the last axis of ``input_ids`` (every task writes ``input_ids``)."""
     samples_per_shard: int
     shuffle_seed: int
     tokenizer_fingerprint: str
@@ -124,6 +182,7 @@ class Manifest:
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data.pop("directory")
+        data["fields"] = {name: spec.to_json() for name, spec in self.fields.items()}
         return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
@@ -132,8 +191,9 @@ class Manifest:
 # --------------------------------------------------------------------------------------------------
 
 
-def sample_key(example_uid: str, window: int) -> str:
-    """Stable webdataset key of a feature: readable, unique, and free of dots and slashes.
+def sample_key(example_uid: str, part: int) -> str:
+    """Stable webdataset key of a sample (``part``: :attr:`ShardRecord.part`): readable, unique, and free of
+    dots and slashes.
 
     webdataset splits a member name at its first dot into key and extension, and a slash would make a
     tar directory, so neither may appear in a key. Every character outside ``[A-Za-z0-9-]`` (``_``
@@ -148,12 +208,13 @@ def sample_key(example_uid: str, window: int) -> str:
     if len(escaped) > _KEY_MAX_ESCAPED:
         digest = hashlib.sha256(example_uid.encode("utf-8")).hexdigest()[:16]
         escaped = f"{escaped[: _KEY_MAX_ESCAPED - 17]}~{digest}"
-    return f"{escaped}-w{window}"
+    return f"{escaped}-w{part}"
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    # Not np.ascontiguousarray: it turns a 0-d array (a scalar label) into shape (1,).
+    np.lib.format.write_array(buffer, np.asarray(array, order="C"), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -162,55 +223,54 @@ def source_name(source: str) -> str:
     return source.split(":", 1)[0] or "(unknown)"
 
 
-def _check_feature(where: str, feature: QAFeature, length: int) -> None:
-    if length <= 0:
-        raise ShardError(f"{where}: input_ids is empty")
-    if not feature.example_uid:
-        raise ShardError(f"{where}: example_uid is empty")
-    for name in ("input_ids", "attention_mask", "token_type_ids"):
-        if len(getattr(feature, name)) != length:
+def _check_record(where: str, record: ShardRecord, fields: dict[str, ArraySpec]) -> None:
+    """``record`` against the set's fields (those of the first record)."""
+    if not record.uid:
+        raise ShardError(f"{where}: example uid is empty")
+    if record.part < 0:
+        raise ShardError(f"{where}: part={record.part} is negative")
+    if not record.group:
+        raise ShardError(f"{where}: group is empty")
+    if set(record.arrays) != set(fields):
+        raise ShardError(f"{where}: arrays {sorted(record.arrays)}, but the first sample has {sorted(fields)} "
+                         "(every sample of a set has the same arrays)")
+    for name, spec in fields.items():
+        array = record.arrays[name]
+        if array.dtype.name != spec.dtype:
+            raise ShardError(f"{where}: {name} has dtype {array.dtype.name}, expected {spec.dtype}")
+        if tuple(array.shape) != spec.shape:
             raise ShardError(
-                f"{where}: {name} has {len(getattr(feature, name))} tokens, expected {length} "
-                "(every feature must be padded to the same max_length)"
+                f"{where}: {name} has shape {tuple(array.shape)}, expected {spec.shape} (every sample's arrays "
+                "have the shapes of the first: features must be padded to the same max_length)"
             )
-    for name in ("start_position", "end_position"):
-        value = getattr(feature, name)
-        if not 0 <= value < length:
-            raise ShardError(f"{where}: {name}={value} is outside [0, {length})")
-    if feature.start_position > feature.end_position:
-        raise ShardError(f"{where}: start_position {feature.start_position} > end_position {feature.end_position}")
-    if feature.window < 0:
-        raise ShardError(f"{where}: window={feature.window} is negative")
-    if not feature.question_lang or not feature.context_lang:
-        raise ShardError(f"{where}: question_lang and context_lang must be set")
 
 
-def _feature_sample(key: str, feature: QAFeature, where: str) -> dict[str, Any]:
-    input_ids = np.asarray(feature.input_ids, dtype=np.int64)
-    if input_ids.min() < 0 or input_ids.max() > np.iinfo(np.int32).max:
-        raise ShardError(f"{where}: input_ids outside the int32 range")
-    small = {}
-    for name in ("attention_mask", "token_type_ids"):
-        values = np.asarray(getattr(feature, name), dtype=np.int64)
-        if values.min() < 0 or values.max() > 255:
-            raise ShardError(f"{where}: {name} values must lie in [0, 255] to be stored as uint8")
-        small[name] = values.astype(np.uint8)
-    meta = {
-        "example_uid": feature.example_uid,
-        "window": feature.window,
-        "start_position": feature.start_position,
-        "end_position": feature.end_position,
-        "question_lang": feature.question_lang,
-        "context_lang": feature.context_lang,
-        "source": feature.source,
-    }
-    return {
-        "__key__": key,
-        "input_ids.npy": _npy_bytes(input_ids.astype(np.int32)),
-        "attention_mask.npy": _npy_bytes(small["attention_mask"]),
-        "token_type_ids.npy": _npy_bytes(small["token_type_ids"]),
-        META_MEMBER: json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
-    }
+def _record_fields(where: str, record: ShardRecord) -> dict[str, ArraySpec]:
+    """The fields of a set, from its first record (names, numeric dtypes, ``input_ids`` present)."""
+    fields = {}
+    for name, array in record.arrays.items():
+        if not _FIELD_NAME_RE.fullmatch(name) or name in BATCH_KEYS:
+            raise ShardError(f"{where}: array name {name!r} is not allowed (letters, digits and '_'; not "
+                             f"{list(BATCH_KEYS)})")
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+            raise ShardError(f"{where}: {name} must be a numeric numpy array, got {type(array).__name__} "
+                             f"{getattr(array, 'dtype', '')}")
+        fields[name] = ArraySpec.of(array)
+    # Token ids are [L], or [..., L] with leading axes (ALSACE's pair samples: [2, L], one row per language).
+    if "input_ids" not in fields or len(fields["input_ids"].shape) < 1 or fields["input_ids"].shape[-1] <= 0:
+        raise ShardError(f"{where}: input_ids is missing or empty (every task writes token ids of shape [L] "
+                         "or [..., L])")
+    return fields
+
+
+def _record_sample(key: str, record: ShardRecord) -> dict[str, Any]:
+    meta = {**record.meta, "example_uid": record.uid, "part": record.part, "group": record.group,
+            "source": record.source}
+    sample = {"__key__": key}
+    for name, array in record.arrays.items():
+        sample[f"{name}.npy"] = _npy_bytes(array)
+    sample[META_MEMBER] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return sample
 
 
 def _file_sha256(path: Path) -> str:
@@ -232,7 +292,7 @@ def existing_shard_files(directory: str | os.PathLike) -> list[Path]:
 
 
 def write_shards(
-    features: Iterable[QAFeature],
+    records: Iterable[ShardRecord],
     out_dir: str | os.PathLike,
     samples_per_shard: int,
     *,
@@ -240,14 +300,15 @@ def write_shards(
     meta: ShardMeta | None = None,
     progress: bool = False,
 ) -> Manifest:
-    """Shuffle ``features`` deterministically, write them as webdataset shards, then the manifest.
+    """Shuffle ``records`` deterministically, write them as webdataset shards, then the manifest.
 
-    The shuffle (by ``shuffle_seed``) mixes sources and language pairs across shards, so every reader
-    slot of the stream sees a mixture. Features are consumed one at a time and kept only in their
-    encoded form (about 3 KB each at max_length 384) until the shuffle, so a generator of features for
-    the whole G-XLT matrix fits in memory. ``out_dir`` must not already hold shards or a manifest (stale
+    The shuffle (by ``shuffle_seed``) mixes sources and groups across shards, so every reader slot of the
+    stream sees a mixture. Records are consumed one at a time and kept only in their encoded form (about
+    3 KB each for QA at max_length 384) until the shuffle, so a generator of features for the whole G-XLT
+    matrix fits in memory. ``out_dir`` must not already hold shards or a manifest (stale
     shards would silently join the new set); :func:`xdist.data.prepare.prepare` clears it on request.
-    Raises :class:`ShardError` on empty input, ragged lengths, out-of-range positions or duplicate keys.
+    Raises :class:`ShardError` on empty input, arrays that differ from the first record's (names, dtypes,
+    shapes), duplicate keys, or a task's own check (raised while its generator runs).
     """
     if samples_per_shard <= 0:
         raise ShardError(f"samples_per_shard must be positive, got {samples_per_shard}")
@@ -259,30 +320,29 @@ def write_shards(
             f"{out_dir} already holds {stale[0].name} (and {len(stale) - 1} more shard/manifest files); "
             "remove them or run prepare with overwrite=True"
         )
-    encoded: list[tuple[dict[str, Any], str, str]] = []  # (sample, cell, source name)
-    origin: dict[str, tuple[int, str, int]] = {}  # key -> (feature index, example uid, window)
-    length = 0
-    for index, feature in enumerate(features):
-        length = length or len(feature.input_ids)
-        where = f"feature #{index} (example {feature.example_uid!r}, window {feature.window})"
-        _check_feature(where, feature, length)
-        key = sample_key(feature.example_uid, feature.window)
+    encoded: list[tuple[dict[str, Any], str, str]] = []  # (sample, group, source name)
+    origin: dict[str, tuple[int, str, int]] = {}  # key -> (record index, example uid, part)
+    fields: dict[str, ArraySpec] = {}
+    for index, record in enumerate(records):
+        where = f"feature #{index} (example {record.uid!r}, part {record.part})"
+        fields = fields or _record_fields(where, record)
+        _check_record(where, record, fields)
+        key = sample_key(record.uid, record.part)
         if key in origin:
-            first, uid, window = origin[key]
+            first, uid, part = origin[key]
             raise ShardError(
-                f"{where} has the same key {key!r} as feature #{first} (example {uid!r}, window {window}): "
-                "duplicate (example, window) in the input (is a source listed twice in data.train?)"
+                f"{where} has the same key {key!r} as feature #{first} (example {uid!r}, part {part}): "
+                "duplicate (example, part) in the input (is a source listed twice in data.train?)"
             )
-        origin[key] = (index, feature.example_uid, feature.window)
-        cell = cell_name(feature.question_lang, feature.context_lang)
-        encoded.append((_feature_sample(key, feature, where), cell, source_name(feature.source)))
+        origin[key] = (index, record.uid, record.part)
+        encoded.append((_record_sample(key, record), record.group, source_name(record.source)))
     if not encoded:
         raise ShardError("no features to write: every source was empty or every record was skipped")
     random.Random(f"xdist-shards/{shuffle_seed}").shuffle(encoded)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
-    shard_pairs: list[Counter] = []
+    shard_groups: list[Counter] = []
     pattern = str(out_dir).replace("%", "%%") + "/" + SHARD_PATTERN
     # maxsize is unbounded so that shard boundaries depend on sample counts only (the manifest, the
     # stream plan and the user's samples_per_shard all reason in samples); mtime is fixed so the same
@@ -298,33 +358,35 @@ def write_shards(
         format="PAX_FORMAT",
     ) as writer:
         bar = tqdm(encoded, desc=f"writing shards to {out_dir}", unit="feature", disable=None if progress else True)
-        for position, (sample, cell, _) in enumerate(bar):
+        for position, (sample, group, _) in enumerate(bar):
             if position % samples_per_shard == 0:
-                shard_pairs.append(Counter())
-            shard_pairs[-1][cell] += 1
+                shard_groups.append(Counter())
+            shard_groups[-1][group] += 1
             writer.write(sample)
-    if len(written) != len(shard_pairs):
-        raise ShardError(f"webdataset wrote {len(written)} shards, expected {len(shard_pairs)}")
+    if len(written) != len(shard_groups):
+        raise ShardError(f"webdataset wrote {len(written)} shards, expected {len(shard_groups)}")
 
     shards = []
-    for path, pairs in zip(written, shard_pairs, strict=True):
+    for path, groups in zip(written, shard_groups, strict=True):
         path = Path(path)
         shards.append(
             ShardInfo(
                 name=path.name,
-                samples=sum(pairs.values()),
+                samples=sum(groups.values()),
                 bytes=path.stat().st_size,
                 sha256=_file_sha256(path),
-                pairs=dict(sorted(pairs.items())),
+                groups=dict(sorted(groups.items())),
             )
         )
     manifest = Manifest(
         format_version=FORMAT_VERSION,
+        task=meta.task,
+        fields=fields,
         shards=shards,
         total_samples=len(encoded),
-        pairs=dict(sorted(Counter(cell for _, cell, _ in encoded).items())),
+        groups=dict(sorted(Counter(group for _, group, _ in encoded).items())),
         sources=dict(sorted(Counter(source for _, _, source in encoded).items())),
-        max_length=length,
+        max_length=fields["input_ids"].shape[-1],
         samples_per_shard=samples_per_shard,
         shuffle_seed=shuffle_seed,
         tokenizer_fingerprint=meta.tokenizer_fingerprint,
@@ -392,9 +454,11 @@ def json_fingerprint(data: Any) -> str:
 
 _MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format_version": int,
+    "task": str,
+    "fields": dict,
     "shards": list,
     "total_samples": int,
-    "pairs": dict,
+    "groups": dict,
     "sources": dict,
     "max_length": int,
     "samples_per_shard": int,
@@ -407,7 +471,7 @@ _MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "created_at": str,
     "xdist_version": str,
 }
-_SHARD_FIELDS: dict[str, type] = {"name": str, "samples": int, "bytes": int, "sha256": str, "pairs": dict}
+_SHARD_FIELDS: dict[str, type] = {"name": str, "samples": int, "bytes": int, "sha256": str, "groups": dict}
 
 
 def json_field(where: str, data: dict, name: str, expected: type | tuple[type, ...]) -> Any:
@@ -469,12 +533,13 @@ def load_manifest(
             raise ShardError(f"{where}: shard name {shard.name!r} is not of the form train-NNNNNN.tar")
         if shard.samples <= 0:
             raise ShardError(f"{where}: shard {shard.name} has {shard.samples} samples, expected at least 1")
-        if sum(shard.pairs.values()) != shard.samples:
-            raise ShardError(f"{where}: per-pair counts of {shard.name} do not add up to its {shard.samples} samples")
+        if sum(shard.groups.values()) != shard.samples:
+            raise ShardError(f"{where}: per-group counts of {shard.name} do not add up to its {shard.samples} samples")
         shards.append(shard)
     if not shards:
         raise ShardError(f"{path}: lists no shards")
     values["shards"] = shards
+    values["fields"] = _manifest_fields(path, values["fields"])
     total = sum(s.samples for s in shards)
     if total != values["total_samples"]:
         raise ShardError(f"{path}: total_samples is {values['total_samples']} but the shards hold {total}")
@@ -497,6 +562,25 @@ def load_manifest(
     if tokenizer is not None:
         check_tokenizer(manifest, tokenizer)
     return manifest
+
+
+def _manifest_fields(path: Path, raw: dict) -> dict[str, ArraySpec]:
+    fields = {}
+    for name, spec in raw.items():
+        where = f"{path}: fields.{name}"
+        dtype = json_field(where, spec, "dtype", str) if isinstance(spec, dict) else None
+        shape = json_field(where, spec, "shape", list) if isinstance(spec, dict) else None
+        try:
+            kind = np.dtype(dtype).kind if dtype else ""
+        except TypeError:
+            kind = ""
+        if not _FIELD_NAME_RE.fullmatch(name) or kind not in tuple("biuf") or shape is None or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            raise ShardError(f"{where}: expected {{\"dtype\": <numeric numpy dtype>, \"shape\": [ints]}}, got {spec!r}")
+        fields[name] = ArraySpec(dtype, tuple(shape))
+    if "input_ids" not in fields:
+        raise ShardError(f"{path}: fields lists no input_ids")
+    return fields
 
 
 def check_tokenizer(manifest: Manifest, tokenizer: str | os.PathLike, fingerprint: str | None = None) -> None:
@@ -522,23 +606,27 @@ def check_tokenizer(manifest: Manifest, tokenizer: str | os.PathLike, fingerprin
 
 @dataclass
 class ShardSample:
-    """One decoded training sample."""
+    """One decoded training sample: its key, its arrays (by field name) and its meta JSON."""
 
     key: str
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    token_type_ids: np.ndarray
-    example_uid: str
-    window: int
-    start_position: int
-    end_position: int
-    question_lang: str
-    context_lang: str
-    source: str
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
 
     @property
-    def cell(self) -> str:
-        return cell_name(self.question_lang, self.context_lang)
+    def example_uid(self) -> str:
+        return self.meta["example_uid"]
+
+    @property
+    def part(self) -> int:
+        return self.meta["part"]
+
+    @property
+    def group(self) -> str:
+        return self.meta["group"]
+
+    @property
+    def source(self) -> str:
+        return self.meta["source"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -570,68 +658,67 @@ def _load_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def decode_sample(raw: dict[str, Any], max_length: int | None = None, vocab_size: int | None = None) -> ShardSample:
+def decode_sample(
+    raw: dict[str, Any], fields: dict[str, ArraySpec], bounds: dict[str, tuple[int, int]] | None = None
+) -> ShardSample:
     """Decode a raw webdataset sample (member bytes by extension) into a :class:`ShardSample`.
 
-    Only the four expected members are accepted; anything else (a ``.pyd`` or ``.pth`` member, say) is
-    an error rather than something to unpickle. Values that would crash or silently corrupt a step later
-    are refused here, naming shard and sample: answer positions outside the sequence (or start after end)
-    and, with ``vocab_size``, token ids outside ``[0, vocab_size)``.
+    ``fields`` is the set's :attr:`Manifest.fields`. Exactly one ``<name>.npy`` member per field plus
+    ``meta.json`` are accepted, each array with its field's dtype and shape; anything else (a ``.pyd`` or
+    ``.pth`` member, say) is an error rather than something to unpickle. ``bounds`` (field → half-open
+    ``[low, high)``, :func:`xdist.data.stream.value_bounds`) refuses values that would train silently wrong
+    or crash a later step (a token id outside the vocabulary, an answer position outside the sequence),
+    naming shard, sample, field and position.
     """
     key = raw.get("__key__", "?")
     where = f"{raw.get('__url__', '?')}: sample {key!r}"
     members = {k for k in raw if not k.startswith("__")}
-    if members != _SAMPLE_MEMBER_SET:
-        raise ShardError(f"{where}: members {sorted(members)}, expected exactly {list(SAMPLE_MEMBERS)}")
+    expected = _member_set(tuple(fields))
+    if members != expected:
+        raise ShardError(f"{where}: members {sorted(members)}, expected exactly {sorted(expected)}")
     arrays = {}
-    for member in ARRAY_MEMBERS:
+    for name, spec in fields.items():
+        member = f"{name}.npy"
         try:
             array = _load_npy(raw[member])
         except ValueError as err:
             raise ShardError(f"{where}: {member} is not a plain .npy array: {err}") from None
-        if array.ndim != 1 or (max_length is not None and array.shape[0] != max_length):
-            raise ShardError(f"{where}: {member} has shape {array.shape}, expected ({max_length},)")
-        arrays[member[: -len(".npy")]] = array
+        if array.shape != spec.shape:
+            raise ShardError(f"{where}: {member} has shape {array.shape}, expected {spec.shape}")
+        if array.dtype.name != spec.dtype:
+            raise ShardError(f"{where}: {member} has dtype {array.dtype.name}, expected {spec.dtype}")
+        arrays[name] = array
     try:
         meta = json.loads(raw[META_MEMBER])
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ShardError(f"{where}: {META_MEMBER} is not valid JSON: {err}") from None
-    try:
-        sample = ShardSample(
-            key=key,
-            **arrays,
-            example_uid=str(meta["example_uid"]),
-            window=int(meta["window"]),
-            start_position=int(meta["start_position"]),
-            end_position=int(meta["end_position"]),
-            question_lang=str(meta["question_lang"]),
-            context_lang=str(meta["context_lang"]),
-            source=str(meta["source"]),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise ShardError(f"{where}: {META_MEMBER} lacks or mistypes field {err}") from None
-    _check_ranges(where, sample, vocab_size)
-    return sample
+    missing = [name for name in META_FIELDS if name not in meta] if isinstance(meta, dict) else list(META_FIELDS)
+    if missing:
+        raise ShardError(f"{where}: {META_MEMBER} lacks field {missing[0]!r}")
+    for name, (low, high) in (bounds or {}).items():
+        _check_range(where, name, arrays[name], low, high)
+    return ShardSample(key=key, arrays=arrays, meta=meta)
 
 
-def _check_ranges(where: str, sample: ShardSample, vocab_size: int | None) -> None:
-    length = sample.input_ids.shape[0]
-    fix = "the shard is corrupt or was written differently; re-run `xdist prepare --overwrite`"
-    if not 0 <= sample.start_position <= sample.end_position < length:
-        raise ShardError(
-            f"{where}: answer positions start={sample.start_position} end={sample.end_position} are not "
-            f"0 <= start <= end < {length} (the sequence length); {fix}"
-        )
-    if vocab_size is not None and length:
-        ids = sample.input_ids
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= vocab_size:
-            bad = low if low < 0 else high
-            position = int(np.flatnonzero(ids == bad)[0])
-            raise ShardError(
-                f"{where}: token id {bad} at position {position} is outside the vocabulary [0, {vocab_size}) of "
-                f"features.tokenizer; {fix}"
-            )
+@functools.lru_cache(maxsize=16)
+def _member_set(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset({*(f"{name}.npy" for name in names), META_MEMBER})
+
+
+def _check_range(where: str, name: str, values: np.ndarray, low: int, high: int) -> None:
+    if values.size == 0:
+        return
+    least, most = int(values.min()), int(values.max())
+    if least >= low and most < high:
+        return
+    bad = least if least < low else most
+    position = int(np.flatnonzero(values.reshape(-1) == bad)[0])
+    at = f" at position {position}" if values.ndim else ""
+    raise ShardError(
+        f"{where}: {name} value {bad}{at} is outside [{low}, {high}) (the vocabulary of features.tokenizer for "
+        "token ids, the sequence for positions); the shard is corrupt or was written differently: re-run "
+        "`xdist prepare --overwrite`"
+    )
 
 
 def raw_samples(urls: list[str], checksums: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
@@ -665,4 +752,4 @@ def iter_samples(manifest: Manifest) -> Iterator[ShardSample]:
     """Every sample of every shard, decoded, in manifest order (for tests, inspection and caches)."""
     urls = [str(manifest.shard_path(s)) for s in manifest.shards]
     for raw in raw_samples(urls):
-        yield decode_sample(raw, manifest.max_length)
+        yield decode_sample(raw, manifest.fields)

@@ -52,9 +52,10 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xdist.config import DataConfig
-from xdist.data.sampling import EPOCH_INDEX_NAME, load_epoch_index
+from xdist.data.epochs import EPOCH_INDEX_NAME, load_epoch_index
 from xdist.data.shards import (
     MANIFEST_NAME,
+    ArraySpec,
     Manifest,
     ShardError,
     ShardSample,
@@ -70,8 +71,9 @@ from xdist.errors import UserError
 log = logging.getLogger(__name__)
 
 Batch = dict[str, Any]
-"""A micro-batch: ``input_ids``, ``attention_mask``, ``token_type_ids`` (long [B, L]),
-``start_positions``, ``end_positions`` (long [B]), ``keys`` and ``cells`` (lists of B strings)."""
+"""A micro-batch: one tensor per array field of the shards, stacked over the rows (integer fields as long:
+QA's ``input_ids``, ``attention_mask``, ``token_type_ids`` [B, L] and ``start_positions``,
+``end_positions`` [B]), plus ``keys`` and ``groups`` (lists of B strings: sample keys and groups)."""
 
 
 class StreamError(UserError, ValueError):
@@ -275,37 +277,52 @@ def _slot_raw_stream(plan: StreamPlan, directory: Path, epoch: int, slot: int) -
 
 
 def collate(samples: list[ShardSample]) -> Batch:
-    """Stack decoded samples into a micro-batch of torch tensors (ids and masks as int64)."""
+    """Stack decoded samples into a micro-batch: every array field, whatever the task wrote, as a torch
+    tensor ``[B, *shape]`` (integer and boolean fields as int64, float fields keep their dtype), plus the
+    ``keys`` and ``groups`` lists."""
+    batch: Batch = {}
+    for name in samples[0].arrays:
+        stacked = np.stack([s.arrays[name] for s in samples])
+        if stacked.dtype.kind in "biu":
+            stacked = stacked.astype(np.int64)
+        batch[name] = torch.from_numpy(stacked)
+    batch["keys"] = [s.key for s in samples]
+    batch["groups"] = [s.group for s in samples]
+    return batch
 
-    def stack(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.stack([getattr(s, name) for s in samples]).astype(np.int64))
 
-    return {
-        "input_ids": stack("input_ids"),
-        "attention_mask": stack("attention_mask"),
-        "token_type_ids": stack("token_type_ids"),
-        "start_positions": torch.tensor([s.start_position for s in samples], dtype=torch.long),
-        "end_positions": torch.tensor([s.end_position for s in samples], dtype=torch.long),
-        "keys": [s.key for s in samples],
-        "cells": [s.cell for s in samples],
-    }
+def value_bounds(fields: dict[str, ArraySpec], vocab_size: int | None) -> dict[str, tuple[int, int]]:
+    """Half-open ranges that a set's integer fields must keep: token ids below ``vocab_size`` (when known),
+    and positions (fields named ``*_positions``, QA's answer start/end) inside the sequence of ``input_ids``.
+
+    A flipped bit in an id or a label would otherwise train silently or crash many steps later with an
+    ``IndexError`` naming no file."""
+    bounds = {}
+    if "input_ids" in fields:
+        if vocab_size is not None:
+            bounds["input_ids"] = (0, vocab_size)
+        length = fields["input_ids"].shape[-1] if fields["input_ids"].shape else None
+        for name in fields:
+            if name.endswith("_positions") and length is not None:
+                bounds[name] = (0, length)
+    return bounds
 
 
 def slot_batches(
-    plan: StreamPlan, directory: Path, max_length: int, epoch: int, slot: int, skip_batches: int = 0,
-    vocab_size: int | None = None,
+    plan: StreamPlan, directory: Path, fields: dict[str, ArraySpec], epoch: int, slot: int, skip_batches: int = 0,
+    bounds: dict[str, tuple[int, int]] | None = None,
 ) -> Iterator[Batch]:
     """Exactly ``plan.batches_per_slot - skip_batches`` full micro-batches of one slot in ``epoch``.
 
-    Every sample is range-checked as it is decoded (token ids below ``vocab_size`` when given, answer
-    positions inside the sequence): a corrupt value is refused naming shard and sample."""
+    Every sample is range-checked as it is decoded (``bounds``, see :func:`value_bounds`): a corrupt value is
+    refused naming shard and sample."""
     size = plan.micro_batch_size
     quota = plan.batches_per_slot * size
     raw = itertools.islice(_slot_raw_stream(plan, directory, epoch, slot), skip_batches * size, quota)
     while chunk := list(itertools.islice(raw, size)):
         if len(chunk) != size:  # cannot happen: the quota is a multiple of the batch size
             raise RuntimeError(f"slot {slot}: partial batch of {len(chunk)}")
-        yield collate([decode_sample(sample, max_length, vocab_size) for sample in chunk])
+        yield collate([decode_sample(sample, fields, bounds) for sample in chunk])
 
 
 def _rank_workers(plan: StreamPlan, rank: int, start_step: int) -> list[tuple[int, int]]:
@@ -322,15 +339,15 @@ def _rank_workers(plan: StreamPlan, rank: int, start_step: int) -> list[tuple[in
 class _EpochDataset(IterableDataset):
     """One epoch of one rank, from ``start_step``; each DataLoader worker is one reader slot."""
 
-    def __init__(self, plan: StreamPlan, directory: Path, max_length: int, rank: int, epoch: int, start_step: int,
-                 vocab_size: int | None = None):
+    def __init__(self, plan: StreamPlan, directory: Path, fields: dict[str, ArraySpec], rank: int, epoch: int,
+                 start_step: int, bounds: dict[str, tuple[int, int]] | None = None):
         super().__init__()
-        self.plan, self.directory, self.max_length, self.vocab_size = plan, directory, max_length, vocab_size
+        self.plan, self.directory, self.fields, self.bounds = plan, directory, fields, bounds
         self.rank, self.epoch, self.start_step = rank, epoch, start_step
 
     def _reader(self, worker: int) -> Iterator[Batch]:
         slot, skip = _rank_workers(self.plan, self.rank, self.start_step)[worker]
-        return slot_batches(self.plan, self.directory, self.max_length, self.epoch, slot, skip, self.vocab_size)
+        return slot_batches(self.plan, self.directory, self.fields, self.epoch, slot, skip, self.bounds)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -359,8 +376,9 @@ class TrainStream:
 
     ``num_workers`` (default ``data.num_workers``) is how many DataLoader *processes* read: 0 (in this
     process) or the plan's ``slots_per_rank``; both give the same batches in the same order.
-    ``tokenizer_path`` and ``max_length``, when given, are checked against the manifest at start;
-    ``vocab_size``, when given, bounds every token id read (a larger id is refused naming shard and sample).
+    ``tokenizer_path``, ``max_length`` and ``task``, when given, are checked against the manifest at start;
+    ``vocab_size``, when given, bounds every token id read, and positions (fields named ``*_positions``) must
+    index the sequence: a value outside is refused naming shard and sample (:func:`value_bounds`).
     ``manifest_dir`` is a shard directory, or the root of per-epoch shard sets (module docstring, item 6):
     then epoch ``e`` reads set ``e mod num_shard_sets`` and its length is :meth:`batches_in_epoch`.
 
@@ -388,6 +406,7 @@ class TrainStream:
         *,
         tokenizer_path: str | os.PathLike | None = None,
         max_length: int | None = None,
+        task: str | None = None,
         num_workers: int | None = None,
         pin_memory: bool = False,
         vocab_size: int | None = None,
@@ -409,6 +428,11 @@ class TrainStream:
         for manifest in self.manifests:
             if tokenizer_path is not None:
                 check_tokenizer(manifest, tokenizer_path, fingerprint)
+            if task is not None and task != manifest.task:
+                raise StreamError(
+                    f"{manifest.directory}: shards hold samples of task {manifest.task!r}, but this run's task is "
+                    f"{task!r} (config field 'task'); re-run `xdist prepare` or point data.shards elsewhere"
+                )
             if max_length is not None and max_length != manifest.max_length:
                 raise StreamError(
                     f"{manifest.directory}: shards hold features of max_length {manifest.max_length}, "
@@ -505,8 +529,8 @@ class TrainStream:
 
     def _deliver(self, epoch: int, start_step: int) -> Iterator[Batch]:
         plan, manifest = self.plan_for(epoch), self.manifest_for(epoch)
-        dataset = _EpochDataset(plan, manifest.directory, manifest.max_length, self.rank, epoch, start_step,
-                                self.vocab_size)
+        dataset = _EpochDataset(plan, manifest.directory, manifest.fields, self.rank, epoch, start_step,
+                                value_bounds(manifest.fields, self.vocab_size))
         source: Any = dataset
         if self.num_workers > 0 and start_step < plan.epoch_batches:
             # Our own generator: otherwise starting the workers draws their base seed from the global torch

@@ -1,13 +1,16 @@
-"""Extractive-QA evaluation: official answer normalisation, n-best span decoding, G-XLT metrics, reports.
+"""Evaluation: the task-agnostic result and report (:mod:`~xdist.evaluation.result`,
+:mod:`~xdist.evaluation.report`), and extractive QA's scoring (official answer normalisation, n-best span
+decoding, G-XLT metrics).
 
-Typical use by the training loop, once per evaluation set::
+Typical use for QA, once per evaluation set (what :meth:`xdist.tasks.qa.task.QATask.score` does)::
 
     result = evaluate_qa(examples, features, start_logits, end_logits, name=source.name,
-                         n_best=cfg.eval.n_best, max_answer_length=cfg.eval.max_answer_length)
+                         n_best=cfg.eval.n_best, max_answer_length=cfg.eval.max_answer_length).result()
     summary.add(result)
     ...
     write_report(summary, output_dir / "eval", heatmap=cfg.eval.heatmap)
-    writer.add_image(f"eval/{result.name}/heatmap", heatmap_image(result), step, dataformats="HWC")
+    writer.add_image(f"eval/{result.name}/{result.view.figure_tag}", figure_image(figure_of(result)), step,
+                     dataformats="HWC")
 """
 
 from xdist.evaluation.decode import DecodeResult, SpanCandidate, decode_predictions
@@ -15,9 +18,9 @@ from xdist.evaluation.metrics import (
     Average,
     CellScore,
     DecodeInfo,
-    EvalResult,
     EvalSummary,
     ExampleScore,
+    QAResult,
     evaluate_predictions,
     evaluate_qa,
     exact_match_score,
@@ -32,10 +35,30 @@ from xdist.evaluation.normalize import (
     normalize_squad,
     normalizer_for,
 )
-from xdist.evaluation.report import ReportFiles, heatmap_figure, heatmap_image, save_heatmap, write_report
+from xdist.evaluation.report import (
+    ReportFiles,
+    bar_figure,
+    figure_image,
+    figure_of,
+    heatmap_figure,
+    heatmap_image,
+    save_heatmap,
+    write_report,
+)
+from xdist.evaluation.result import METRICS_VERSION, EvalResult, MatrixAxes, PairedSpec, Scope, View, as_result
 
 __all__ = [
+    "METRICS_VERSION",
     "MLQA_LANGUAGES",
+    "MatrixAxes",
+    "PairedSpec",
+    "QAResult",
+    "Scope",
+    "View",
+    "as_result",
+    "bar_figure",
+    "figure_image",
+    "figure_of",
     "Average",
     "CellScore",
     "DecodeInfo",

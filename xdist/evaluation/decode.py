@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xdist.data.examples import QAExample, QAFeature
+from xdist.tasks.qa.examples import QAExample, QAFeature
 
 
 @dataclass(frozen=True)

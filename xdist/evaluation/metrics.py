@@ -14,16 +14,26 @@ cells present; both are unweighted means of cell scores, not of examples.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from xdist.data.examples import Cell, QAExample, QAFeature, cell_name
 from xdist.evaluation.decode import decode_predictions
 from xdist.evaluation.normalize import Normalizer, Scheme, normalizer_for
+from xdist.evaluation.result import (
+    METRICS_VERSION,
+    EvalResult,
+    MatrixAxes,
+    PairedSpec,
+    Scope,
+    View,
+    as_result,
+    matrix_json,
+)
+from xdist.tasks.qa.examples import Cell, QAExample, QAFeature, cell_name
 
 
 def _token_f1(predicted_tokens: list[str], gold_tokens: list[str]) -> float:
@@ -144,11 +154,6 @@ class DecodeInfo:
                 "no_valid_span": self.no_valid_span, "no_features": self.no_features}
 
 
-def matrix_json(values: np.ndarray) -> list[list[float | None]]:
-    """A score matrix as JSON lists, an absent cell (NaN) as null."""
-    return [[None if math.isnan(v) else float(v) for v in row] for row in values]
-
-
 def _average(cells: Iterable[CellScore]) -> Average | None:
     cells = list(cells)
     if not cells:
@@ -160,9 +165,20 @@ def _average(cells: Iterable[CellScore]) -> Average | None:
     )
 
 
+QA_VIEW = View(
+    columns={"g_xlt_f1": "G-XLT F1", "g_xlt_em": "G-XLT EM", "xlt_f1": "XLT F1", "xlt_em": "XLT EM"},
+    headline=("g_xlt_f1", "xlt_f1"), group_metric="f1", group_label="F1",
+    group_tags={"f1": "f1", "exact_match": "em"}, group_kind="cell", figure_tag="g_xlt_heatmap",
+)
+"""How QA results are presented: G-XLT/XLT columns, F1 per cell, TensorBoard tags ``f1/<cell>``, ``em/<cell>``."""
+
+
 @dataclass
-class EvalResult:
-    """Evaluation of one set: cell scores, G-XLT/XLT averages and every example's score."""
+class QAResult:
+    """Evaluation of one QA set: cell scores, G-XLT/XLT averages and every example's score.
+
+    The task-agnostic form that reports, the monitor and ``xdist compare`` read is :meth:`result`.
+    """
 
     name: str
     languages: tuple[str, ...]
@@ -221,16 +237,40 @@ class EvalResult:
 
     def scalars(self, prefix: str = "eval") -> dict[str, float]:
         """Flat ``{tag: value}`` for TensorBoard: G-XLT, XLT and every cell, EM and F1."""
-        tags = {f"{prefix}/{self.name}/g_xlt_f1": self.g_xlt.f1,
-                f"{prefix}/{self.name}/g_xlt_em": self.g_xlt.exact_match}
-        if self.xlt is not None:
-            tags[f"{prefix}/{self.name}/xlt_f1"] = self.xlt.f1
-            tags[f"{prefix}/{self.name}/xlt_em"] = self.xlt.exact_match
-        for (question_lang, context_lang), score in self.cells.items():
-            name = cell_name(question_lang, context_lang)
-            tags[f"{prefix}/{self.name}/f1/{name}"] = score.f1
-            tags[f"{prefix}/{self.name}/em/{name}"] = score.exact_match
-        return tags
+        return self.result().scalars(prefix)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """G-XLT and XLT EM/F1, cell and example counts: the set's row of ``metrics.json``'s summary."""
+        xlt = self.xlt
+        return {
+            "g_xlt_f1": self.g_xlt.f1, "g_xlt_em": self.g_xlt.exact_match,
+            "xlt_f1": None if xlt is None else xlt.f1, "xlt_em": None if xlt is None else xlt.exact_match,
+            "num_cells": len(self.cells), "num_examples": len(self.examples),
+        }
+
+    def result(self) -> QAResult:
+        """The task-agnostic :class:`EvalResult`: groups are the ``q-c`` cells, examples are scored by EM
+        and F1 (paired by uid for the Wilcoxon test on F1, over all cells and over the diagonal), the
+        matrix is question × context language, and the prediction files go with it."""
+        names = {cell: cell_name(*cell) for cell in self.cells}
+        dropped = ("question_lang", "context_lang", "normalizer")
+        groups = {names[cell]: {k: v for k, v in score.to_json().items() if k not in dropped}
+                  for cell, score in self.cells.items()}
+        diagonal = tuple(names[cell] for cell in self.cells if cell[0] == cell[1])
+        scopes = {"g_xlt": Scope("G-XLT (all cells)")}
+        if diagonal:
+            scopes["xlt"] = Scope("XLT (diagonal)", diagonal)
+        files = {f"predictions/{self.name}/{names[cell]}.json": answers
+                 for cell, answers in self.predictions_by_cell().items()}
+        return EvalResult(
+            name=self.name, task="qa", summary=self.summary(), groups=groups,
+            examples={uid: {"exact_match": s.exact_match, "f1": s.f1} for uid, s in self.examples.items()},
+            example_groups={uid: cell_name(s.question_lang, s.context_lang) for uid, s in self.examples.items()},
+            paired=PairedSpec(metric="f1", test="wilcoxon", scopes=scopes), view=QA_VIEW,
+            matrix=MatrixAxes(rows=self.languages, columns=self.languages, cells={names[c]: c for c in self.cells},
+                              row_name="question_lang", column_name="context_lang", metrics=("f1", "exact_match")),
+            details=self.to_json(), files=files,
+        )
 
     def to_json(self) -> dict:
         """Summary as plain data (no per-example scores): what ``metrics.json`` holds for the set."""
@@ -254,31 +294,28 @@ class EvalResult:
 
 @dataclass
 class EvalSummary:
-    """Results of several evaluation sets, keyed by set name (the sets of :class:`EvalConfig`)."""
+    """Results of several evaluation sets, keyed by set name (the sets of :class:`EvalConfig`).
 
-    sets: dict[str, EvalResult] = field(default_factory=dict)
+    Holds :class:`EvalResult` objects or a task's richer ones that convert to it (``result()``).
+    """
 
-    def add(self, result: EvalResult) -> None:
+    sets: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, result: Any) -> None:
         """Add one set's result; set names must be unique."""
         if result.name in self.sets:
             raise ValueError(f"evaluation set {result.name!r} is already in the summary")
         self.sets[result.name] = result
 
-    def table(self) -> dict[str, dict[str, float | int | None]]:
-        """Per set: G-XLT and XLT EM/F1, cell and example counts."""
-        rows = {}
-        for name, result in self.sets.items():
-            xlt = result.xlt
-            rows[name] = {
-                "g_xlt_f1": result.g_xlt.f1, "g_xlt_em": result.g_xlt.exact_match,
-                "xlt_f1": None if xlt is None else xlt.f1, "xlt_em": None if xlt is None else xlt.exact_match,
-                "num_cells": len(result.cells), "num_examples": len(result.examples),
-            }
-        return rows
+    def table(self) -> dict[str, dict[str, Any]]:
+        """Per set: its summary row (QA: G-XLT and XLT EM/F1, cell and example counts)."""
+        return {name: dict(as_result(result).summary) for name, result in self.sets.items()}
 
     def to_json(self) -> dict:
-        """``{"summary": table(), "sets": {name: EvalResult.to_json()}}``."""
-        return {"summary": self.table(), "sets": {name: r.to_json() for name, r in self.sets.items()}}
+        """``{"version": METRICS_VERSION, "summary": table(), "sets": {name: EvalResult.to_json()}}``."""
+        results = {name: as_result(result) for name, result in self.sets.items()}
+        return {"version": METRICS_VERSION, "summary": {name: dict(r.summary) for name, r in results.items()},
+                "sets": {name: r.to_json() for name, r in results.items()}}
 
 
 def _language_order(examples: Sequence[QAExample], languages: Sequence[str] | None) -> tuple[str, ...]:
@@ -297,7 +334,7 @@ def evaluate_predictions(
     name: str = "eval",
     scheme: Scheme = "auto",
     languages: Sequence[str] | None = None,
-) -> EvalResult:
+) -> QAResult:
     """Score ``predictions`` (uid → text) against ``examples``' gold answers, per G-XLT cell.
 
     ``languages`` fixes the order of the matrix axes; languages not listed follow in order of first
@@ -349,7 +386,7 @@ def evaluate_predictions(
             empty_predictions=sum(s.prediction == "" for s in members),
             normalizer=normalizers[cell[1]].name,
         )
-    return EvalResult(name=name, languages=order, cells=cells, examples=scores, scheme=scheme)
+    return QAResult(name=name, languages=order, cells=cells, examples=scores, scheme=scheme)
 
 
 def evaluate_qa(
@@ -363,7 +400,7 @@ def evaluate_qa(
     max_answer_length: int = 30,
     scheme: Scheme = "auto",
     languages: Sequence[str] | None = None,
-) -> EvalResult:
+) -> QAResult:
     """Decode answers from logits (:func:`decode_predictions`) and score them (:func:`evaluate_predictions`)."""
     decoded = decode_predictions(examples, features, start_logits, end_logits,
                                  n_best=n_best, max_answer_length=max_answer_length)

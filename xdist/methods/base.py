@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from xdist.config import JobConfig, MethodConfig
+    from xdist.data.shards import Manifest
+    from xdist.distributed import DistEnv
+    from xdist.tasks.base import Task
 
 
 @dataclass
@@ -22,10 +29,44 @@ class StepOutput:
     sums them over the accumulation window and reads them back once per optimizer step."""
 
 
-class Method(Protocol):
-    """A training method. The loop calls ``on_epoch_start`` then ``step`` for every micro-batch."""
+@dataclass
+class MethodContext:
+    """Everything a method is built from (one object, so a new method needs no new keyword anywhere)."""
 
-    name: str
+    cfg: JobConfig
+    """The whole job config; the method's own section is :attr:`method` (``cfg.method``)."""
+
+    task: Task
+    """The job's task: the method gets logits and the hard-label loss from it, never from the model's head."""
+
+    dist: DistEnv
+    """This rank's place in the job."""
+
+    output_dir: Path
+    """The run's output directory (``train.output_dir``): teacher snapshots, caches."""
+
+    manifest_for_epoch: Callable[[int], Manifest]
+    """The shard set (manifest) the stream reads in an epoch (per-epoch shard sets differ)."""
+
+    tokenizer: Any = None
+    """The job's tokenizer (for methods that build models or read text)."""
+
+    @property
+    def method(self) -> MethodConfig:
+        return self.cfg.method
+
+
+class Method(Protocol):
+    """A training method. The loop calls ``on_epoch_start`` then ``step`` for every micro-batch.
+
+    A class implementing it is registered in :mod:`xdist.methods` and constructed as ``Class(context)``
+    from a :class:`MethodContext`.
+    """
+
+    name: ClassVar[str]
+
+    tasks: ClassVar[tuple[str, ...] | None]
+    """Task names (``JobConfig.task``) the method can train; ``None``: any task. Checked before it is built."""
 
     def on_epoch_start(self, epoch: int, engine: Any) -> None:
         """Called on every rank before the first micro-batch of each epoch (incl. a resumed one)."""
@@ -38,21 +79,3 @@ class Method(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors a ``transformers`` QA model takes as inputs (not the labels or metadata)."""
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
-
-
-def span_logits(model: Callable[..., Any], batch: dict[str, Any], device: torch.device | None = None) -> torch.Tensor:
-    """Start/end logits [B, 2, L] of a QA model (or engine) on ``batch``'s model inputs, moved to ``device``
-    first when given."""
-    inputs = model_inputs(batch)
-    if device is not None:
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-    outputs = model(**inputs)
-    return torch.stack([outputs.start_logits, outputs.end_logits], dim=1)

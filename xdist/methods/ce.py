@@ -1,28 +1,27 @@
-"""Span cross-entropy: ``(CE(start) + CE(end)) / 2``, the loss of ``*ForQuestionAnswering`` models."""
+"""Plain supervised training: the task's hard-label cross-entropy (QA: ``(CE(start) + CE(end)) / 2``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from xdist.methods.base import StepOutput, model_inputs
+from xdist.methods.base import MethodContext, StepOutput
 
 
 class CrossEntropy:
-    """Plain supervised extractive QA (answers outside the window point at the CLS token)."""
+    """Hard-label cross-entropy of the task's logits (QA: answers outside the window point at the CLS token)."""
 
     name = "ce"
+    tasks = None  # any task: the loss is the task's own
+
+    def __init__(self, context: MethodContext):
+        self.task = context.task
 
     def on_epoch_start(self, epoch: int, engine: Any) -> None:
         pass
 
     def step(self, engine: Any, batch: dict[str, Any]) -> StepOutput:
-        # The transformers QA head computes the mean over rows of (CE_start + CE_end) / 2.
-        outputs = engine.forward(
-            **model_inputs(batch),
-            start_positions=batch["start_positions"],
-            end_positions=batch["end_positions"],
-        )
-        return StepOutput(loss=outputs.loss, logs={"loss/ce": outputs.loss.detach()})
+        loss = self.task.loss(self.task.logits(engine.forward, batch), batch)
+        return StepOutput(loss=loss, logs={"loss/ce": loss.detach()})
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -19,7 +19,7 @@ Each generation's teacher is saved under ``<output_dir>/teachers/gen<g>`` (safet
 created, so that ``--resume`` in the middle of an epoch restores the very teacher that epoch used.
 
 Where the teacher lives (``method.teacher_partition``): ``replicated`` keeps a full frozen copy on every
-rank (:func:`xdist.models.frozen_copy`). ``zero3`` keeps it ZeRO-3-partitioned like the student, in its
+rank (:func:`xdist.weights.frozen_copy`). ``zero3`` keeps it ZeRO-3-partitioned like the student, in its
 own DeepSpeed inference engine (:meth:`xdist.engine.Engine.partitioned_teacher`): each rank holds 1/world
 of it, a refresh copies each rank's student partitions into the teacher's, a snapshot is gathered one
 submodule at a time and written by rank 0, and loaded back partitioned. Its forward passes are collective:
@@ -34,15 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForQuestionAnswering
 
 from kernels.span_kd import span_kd_loss
-from xdist.config import MethodConfig
 from xdist.data.shards import Manifest
-from xdist.distributed import DistEnv, barrier
-from xdist.methods.base import StepOutput, span_logits
+from xdist.distributed import barrier
+from xdist.methods.base import MethodContext, StepOutput
 from xdist.methods.teacher_cache import TeacherCache, build_teacher_cache
-from xdist.models import export_pretrained, partition_footprint
+from xdist.weights import export_pretrained, partition_footprint
 
 log = logging.getLogger("xdist.skd")
 
@@ -51,14 +49,16 @@ class SelfDistillation:
     """CE + (mAP@k-weighted) KD from a frozen teacher that is refreshed every epoch."""
 
     name = "skd"
+    tasks = ("qa",)  # span KD over start/end logits
 
-    def __init__(self, cfg: MethodConfig, *, output_dir: Path, dist: DistEnv, manifest_for_epoch: Any,
-                 cache_batch_size: int):
-        self.cfg = cfg
-        self.dist = dist
-        self.teachers_dir = Path(output_dir) / "teachers"
-        self.manifest_for_epoch = manifest_for_epoch
-        self.cache_batch_size = cache_batch_size
+    def __init__(self, context: MethodContext):
+        self.cfg = context.cfg.method
+        self.model_cfg = context.cfg.model
+        self.task = context.task
+        self.dist = context.dist
+        self.teachers_dir = Path(context.output_dir) / "teachers"
+        self.manifest_for_epoch = context.manifest_for_epoch
+        self.cache_batch_size = context.cfg.eval.batch_size  # inference batches, as large as evaluation's
         self.teacher: torch.nn.Module | None = None
         # teacher_partition zero3: the DeepSpeed engine around self.teacher. Kept alive on purpose:
         # destroying it would remove the hooks that gather the teacher's partitions in forward.
@@ -131,8 +131,7 @@ class SelfDistillation:
         if self.partitioned:  # loaded straight into partitions (zero.Init): no rank holds the whole model
             self.teacher_engine = engine.partitioned_teacher(checkpoint=path)
             return self.teacher_engine.module
-        teacher = AutoModelForQuestionAnswering.from_pretrained(path, local_files_only=True)
-        return teacher.to(device=self.dist.device)
+        return self.task.build_model(self.model_cfg, checkpoint=path).to(device=self.dist.device)
 
     def _save_snapshot(self, snapshot: Path) -> None:
         if self.dist.is_main and snapshot.exists():
@@ -155,7 +154,7 @@ class SelfDistillation:
         if manifest.directory.name.startswith("epoch-"):
             name += f"-{manifest.directory.name}"
         self.cache = build_teacher_cache(
-            self.teacher, manifest, self.teachers_dir / f"gen{self.generation}" / name, self.dist,
+            self.task, self.teacher, manifest, self.teachers_dir / f"gen{self.generation}" / name, self.dist,
             mode=cfg.teacher_cache, topk=cfg.cache_topk, temperature=cfg.temperature,
             batch_size=self.cache_batch_size,
         )
@@ -168,12 +167,12 @@ class SelfDistillation:
         """Teacher start/end logits [B, 2, L] for ``batch``: from the cache, or a forward pass."""
         if self.cache is not None:
             return self.cache.logits(batch["keys"], self.dist.device)
-        return span_logits(self.teacher, batch, self.dist.device)
+        return self.task.logits(self.teacher, batch, self.dist.device)
 
     def step(self, engine: Any, batch: dict[str, Any]) -> StepOutput:
         if self.teacher is None:
             raise RuntimeError("SelfDistillation.step before on_epoch_start: no teacher yet")
-        student = span_logits(engine.forward, batch)  # [B, 2, L]
+        student = self.task.logits(engine.forward, batch)  # [B, 2, L]
         teacher = self.teacher_logits(batch).to(student.dtype)
         gold = torch.stack([batch["start_positions"], batch["end_positions"]], dim=1).to(student.device)
         cfg = self.cfg

@@ -51,12 +51,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from xdist.data.shards import Manifest, decode_sample, raw_samples
+from xdist.data.shards import ArraySpec, Manifest, decode_sample, raw_samples
 from xdist.data.stream import Batch, collate
 from xdist.distributed import DistEnv, barrier
 from xdist.errors import UserError
-from xdist.methods.base import span_logits
-from xdist.models import is_partitioned
+from xdist.weights import is_partitioned
 
 log = logging.getLogger("xdist.cache")
 
@@ -112,6 +111,7 @@ def _compress(logits: torch.Tensor, topk: int, temperature: float) -> dict[str, 
 
 @torch.no_grad()
 def build_teacher_cache(
+    task: Any,
     teacher: torch.nn.Module,
     manifest: Manifest,
     directory: Path,
@@ -126,6 +126,7 @@ def build_teacher_cache(
 
     Collective: every rank calls it (each computes a share of the shards, then all load everything). With
     a ZeRO-3-partitioned teacher the ranks also run equally many forwards (padding passes; see above).
+    ``task`` gives the logits (:meth:`xdist.tasks.base.Task.logits`).
     """
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / "COMPLETE").is_file():
@@ -133,17 +134,17 @@ def build_teacher_cache(
         keys: list[str] = []
         parts: list[dict[str, np.ndarray]] = []
         device = next(teacher.parameters()).device
-        batches = _batches(raw_samples([str(manifest.shard_path(s)) for s in shards]), manifest.max_length, batch_size)
+        batches = _batches(raw_samples([str(manifest.shard_path(s)) for s in shards]), manifest.fields, batch_size)
         collective = is_partitioned(teacher) and dist.world_size > 1
         padding = 0
         with tqdm(total=sum(s.samples for s in shards), desc="teacher cache", disable=not dist.is_main,
                   leave=False) as bar:
             for batch in (_in_step(batches, dist) if collective else batches):
                 if batch is None:  # this rank is done, another is not: a forward for the collective only
-                    span_logits(teacher, _dummy_batch(manifest.max_length), device)
+                    task.logits(teacher, _dummy_batch(manifest.fields, task.model_inputs), device)
                     padding += 1
                     continue
-                logits = span_logits(teacher, batch, device).float().cpu()  # [B, 2, L]
+                logits = task.logits(teacher, batch, device).float().cpu()  # [B, 2, L]
                 parts.append({"logits": logits.numpy()} if mode == "full" else _compress(logits, topk, temperature))
                 keys.extend(batch["keys"])
                 bar.update(len(batch["keys"]))
@@ -172,11 +173,11 @@ def _write_part(directory: Path, dist: DistEnv, keys: list[str], parts: list[dic
     barrier()
 
 
-def _batches(raws: Iterator, max_length: int, batch_size: int) -> Iterator[Batch]:
+def _batches(raws: Iterator, fields: dict[str, ArraySpec], batch_size: int) -> Iterator[Batch]:
     """Batches of ``batch_size`` samples (the last one shorter), collated like the training stream's."""
     samples: list = []
     for raw in raws:
-        samples.append(decode_sample(raw, max_length))
+        samples.append(decode_sample(raw, fields))
         if len(samples) == batch_size:
             yield collate(samples)
             samples = []
@@ -196,12 +197,12 @@ def _in_step(batches: Iterator[Batch], dist: DistEnv) -> Iterator[Batch | None]:
         yield batch
 
 
-def _dummy_batch(max_length: int) -> Batch:
-    """A one-row input of token id 0 with one visible position, for a padding forward (output discarded)."""
-    zeros = torch.zeros(1, max_length, dtype=torch.long)
-    mask = zeros.clone()
-    mask[0, 0] = 1
-    return {"input_ids": zeros, "attention_mask": mask, "token_type_ids": zeros}
+def _dummy_batch(fields: dict[str, ArraySpec], model_inputs: tuple[str, ...]) -> Batch:
+    """A one-row input of zeros with one visible position, for a padding forward (output discarded)."""
+    batch = {name: torch.zeros(1, *fields[name].shape, dtype=torch.long) for name in model_inputs if name in fields}
+    if "attention_mask" in batch:
+        batch["attention_mask"].view(-1)[0] = 1
+    return batch
 
 
 def load_teacher_cache(directory: Path, world_size: int, *, mode: str, length: int, temperature: float) -> TeacherCache:

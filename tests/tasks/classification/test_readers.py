@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 
 from xdist.config import ConfigError, build
-from xdist.data.readers import DataError
+from xdist.data.sources import DataError
 from xdist.tasks.classification.config import ClassificationSourceConfig
 from xdist.tasks.classification.readers import group_is_eval, read_classification_source
 

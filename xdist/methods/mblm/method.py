@@ -18,10 +18,18 @@ from typing import Any
 
 import torch
 
-from xdist.methods.base import StepOutput, model_inputs
+from xdist.methods.base import StepOutput
 from xdist.methods.mblm.config import BranchesConfig, MBLMConfig
 from xdist.methods.mblm.loss import DirichletDraws, mblm_loss
 from xdist.methods.teacher_cache import MultiTeacherCache
+
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+"""The batch fields the branched encoder is called with (labels and metadata stay out)."""
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The encoder's inputs of ``batch`` (:data:`ENCODER_INPUTS` present in it)."""
+    return {name: batch[name] for name in ENCODER_INPUTS if name in batch}
 
 
 class MBLM:

@@ -71,7 +71,7 @@ def teacher_loader(language: str, checkpoint: str, *, student_tokenizer: str | P
     def load() -> Compute:
         from transformers import AutoModelForSequenceClassification
 
-        from xdist.data.features import load_tokenizer
+        from xdist.data.tokenizer import load_tokenizer
 
         directory = teacher_directory(language, checkpoint)
         tokenizer = load_tokenizer(teacher_tokenizer_directory(directory, student_tokenizer))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xdist.config import ConfigError
-from xdist.data.readers import DataError
+from xdist.data.sources import DataError
 from xdist.tasks.classification.examples import IGNORE_LABEL, ClassificationExample, ClassificationFeature
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from xdist.config import ConfigError, ModelConfig
-from xdist.models import _apply_dropout, _check_checkpoint_dir, _zero3_construction, qa_model_config
+from xdist.models import _apply_dropout, _check_checkpoint_dir, model_config, zero3_construction
 from xdist.tasks.classification.config import PromptConfig
 from xdist.tasks.classification.examples import IGNORE_LABEL
 
@@ -164,7 +164,7 @@ def build_classification_model(
 ) -> PreTrainedModel:
     """Random init from ``cfg.model_type``/``cfg.architecture``, or a local ``cfg.checkpoint``, with the head's
     auto class. Sequence classifiers get ``num_labels``, ``id2label`` and ``label2id`` from ``class_names``.
-    Under a ZeRO-3 ``ds_config`` the model is built partitioned (see :func:`xdist.models.build_qa_model`)."""
+    Under a ZeRO-3 ``ds_config`` the model is built partitioned (see :func:`xdist.models.build_model`)."""
     auto = model_class(head, choice)
     labels = {}
     if head == "classifier" and not choice:
@@ -173,10 +173,10 @@ def build_classification_model(
             "label2id": {name: i for i, name in enumerate(class_names)},
         }
     if cfg.checkpoint is None:
-        config = qa_model_config(cfg, vocab_size=vocab_size, pad_token_id=pad_token_id)
+        config = model_config(cfg, vocab_size=vocab_size, pad_token_id=pad_token_id)
         for key, value in labels.items():
             setattr(config, key, value)
-        with _zero3_construction(ds_config):
+        with zero3_construction(ds_config):
             return auto.from_config(config)
     if cfg.architecture:
         raise ConfigError(
@@ -191,7 +191,7 @@ def build_classification_model(
             f"the tokenizer's {vocab_size}"
         )
     _apply_dropout(config, cfg.dropout)
-    with _zero3_construction(ds_config):
+    with zero3_construction(ds_config):
         return auto.from_pretrained(directory, config=config, local_files_only=True)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xdist.data.readers import DataError, SkipReport, resolve_path
+from xdist.data.sources import DataError, SkipReport, resolve_path
 from xdist.tasks.classification.config import ClassificationSourceConfig, GroupSplitConfig
 from xdist.tasks.classification.examples import ClassificationExample
 

@@ -13,15 +13,8 @@ from pathlib import Path
 import pytest
 
 from xdist.config import ConfigError, DataConfig, SourceConfig, TitleSplitConfig
-from xdist.data.readers import (
-    MAX_SKIP_MESSAGES,
-    DataError,
-    SkipReport,
-    read_source,
-    resolve_path,
-    split_titles,
-    title_is_eval,
-)
+from xdist.data.sources import MAX_SKIP_MESSAGES, DataError, SkipReport, resolve_path
+from xdist.tasks.qa.readers import read_source, split_titles, title_is_eval
 
 XQUAD_LANGUAGES = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
 

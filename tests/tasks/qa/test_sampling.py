@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.test_readers import raw_records, small_squad, write_json
+from tests.tasks.qa.test_readers import raw_records, small_squad, write_json
 from xdist.config import ConfigError, DataConfig, JobConfig, SamplingConfig, SourceConfig, TitleSplitConfig, build
-from xdist.data.readers import DataError, read_source, title_is_eval
-from xdist.data.sampling import EPOCH_INDEX_NAME, load_epoch_index, question_languages
+from xdist.data.epochs import EPOCH_INDEX_NAME, load_epoch_index
 from xdist.data.shards import MANIFEST_NAME, ShardError, iter_samples, load_manifest
+from xdist.data.sources import DataError
 from xdist.data.stream import StreamError, TrainStream
+from xdist.tasks.qa.readers import read_source, title_is_eval
+from xdist.tasks.qa.sampling import question_languages
 
 MLQA_LANGUAGES = ["en", "es", "de", "ar", "vi", "hi", "zh"]
 
@@ -280,15 +282,15 @@ def _job(data_dir: Path, tokenizer_path: Path, shards: Path, epochs: int = 1, **
 
 
 def test_prepare_counts_sampled_pairs_in_the_manifest(tmp_path, data_dir, tokenizer_path, mbert_tokenizer):
-    from xdist.data.features import featurize
     from xdist.data.prepare import prepare
+    from xdist.tasks.qa.features import featurize
 
     cfg = _job(data_dir, tokenizer_path, tmp_path / "shards")
     manifest = prepare(cfg, progress=False)
     read = read_source(cfg.data.train[0], cfg.data)
     features = featurize(read.examples, mbert_tokenizer, cfg.features).features
     assert manifest.total_samples == len(features) and len(read.examples) == 6 * 4
-    assert manifest.pairs == dict(Counter(f"{f.question_lang}-{f.context_lang}" for f in features))
+    assert manifest.groups == dict(Counter(f"{f.question_lang}-{f.context_lang}" for f in features))
     report = manifest.feature_stats["sampling"]["xquad"]
     assert report == read.sampling.to_dict()
     assert report["questions"] == 6 and report["pairs_per_question"] == {"4": 6}

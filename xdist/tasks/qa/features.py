@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xdist.config import FeatureConfig, expand_env
-from xdist.data.examples import QAExample, QAFeature
-from xdist.data.readers import DataError
-from xdist.hub import resolve_pretrained
+import numpy as np
+
+from xdist.config import FeatureConfig
+from xdist.data.shards import ArraySpec, ShardError, ShardRecord
+from xdist.data.sources import DataError
+from xdist.tasks.qa.examples import QAExample, QAFeature, cell_name
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -39,45 +40,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 256
 """Examples per tokenizer call: large enough for the Rust tokenizer's batch parallelism, small enough
 that one batch of features stays a few MB."""
-
-
-def tokenizer_directory(path: str | Path) -> Path:
-    """The local directory ``path`` names, with ``${VAR}`` references and ``~`` expanded; a Hugging Face Hub
-    id (``bert-base-multilingual-cased``) becomes its snapshot in the Hub cache (:mod:`xdist.hub`).
-
-    A FeatureConfig built in code keeps its ``${XDIST_DATA:-...}`` default unexpanded (YAML-loaded ones are
-    expanded), so whatever reads the tokenizer's files (loading, fingerprinting) resolves the path here.
-    """
-    return resolve_pretrained(expand_env(str(path), "features.tokenizer"), field="features.tokenizer",
-                              kind="tokenizer")
-
-
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a Hugging Face *fast* tokenizer from a local directory or a Hub id (see :func:`tokenizer_directory`).
-
-    Raises :class:`DataError` when the directory does not exist, cannot be loaded, holds a slow (Python)
-    tokenizer (character offsets need a fast one, i.e. a ``tokenizer.json``), or has no padding token.
-    """
-    directory = tokenizer_directory(path)
-    expected = "a local directory with a Hugging Face fast tokenizer (tokenizer.json, tokenizer_config.json)"
-    if not directory.is_dir():
-        raise DataError(f"tokenizer directory {directory} does not exist; expected {expected}")
-    # transformers is imported here, not at module level: readers and shard tools import this package
-    # and should not pay for it.
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except Exception as err:  # transformers raises OSError, ValueError, KeyError... depending on what is wrong
-        raise DataError(f"cannot load a tokenizer from {directory} (expected {expected}): {err}") from err
-    if not isinstance(tokenizer, PreTrainedTokenizerFast) or not tokenizer.is_fast:
-        raise DataError(
-            f"{directory}: {type(tokenizer).__name__} is a slow (Python) tokenizer; answer spans need the "
-            f"character offsets of a fast tokenizer, i.e. a tokenizer.json in the directory"
-        )
-    if tokenizer.pad_token_id is None:
-        raise DataError(f"{directory}: the tokenizer has no padding token; features are padded to max_length")
-    return tokenizer
 
 
 @dataclass
@@ -282,3 +244,61 @@ def featurize(
     features = list(iter_features(examples, tokenizer, cfg, stats, batch_size))
     log.info("featurised %s", stats.summary())
     return FeatureResult(features=features, stats=stats)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shard records
+# --------------------------------------------------------------------------------------------------
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+"""The arrays a ``transformers`` QA model takes as inputs."""
+
+LABELS = ("start_positions", "end_positions")
+"""The label arrays (token indices, scalars per sample), named as the ``*ForQuestionAnswering`` forward names them."""
+
+
+def qa_fields(max_length: int) -> dict[str, ArraySpec]:
+    """The array fields of a QA shard set: what :func:`shard_record` writes."""
+    sequence = (max_length,)
+    return {"input_ids": ArraySpec("int32", sequence), "attention_mask": ArraySpec("uint8", sequence),
+            "token_type_ids": ArraySpec("uint8", sequence), "start_positions": ArraySpec("int64", ()),
+            "end_positions": ArraySpec("int64", ())}
+
+
+def shard_record(feature: QAFeature) -> ShardRecord:
+    """``feature`` as a shard record: ids (int32), masks (uint8), answer positions (int64 scalars), the
+    ``q-c`` cell as its group and the languages as meta. Raises :class:`ShardError` naming the example and
+    window for ragged sequences, positions outside the window, or values that do not fit their dtype."""
+    where = f"example {feature.example_uid!r}, window {feature.window}"
+    lengths = [len(feature.input_ids), len(feature.attention_mask), len(feature.token_type_ids)]
+    length = lengths[0]
+    if length <= 0:
+        raise ShardError(f"{where}: input_ids is empty")
+    if len(set(lengths)) != 1:
+        raise ShardError(f"{where}: input_ids, attention_mask and token_type_ids have {lengths} tokens (one "
+                         "length per feature)")
+    for name in LABELS:
+        value = getattr(feature, name[: -len("s")])
+        if not 0 <= value < length:
+            raise ShardError(f"{where}: {name[: -len('s')]}={value} is outside [0, {length})")
+    if feature.start_position > feature.end_position:
+        raise ShardError(f"{where}: start_position {feature.start_position} > end_position {feature.end_position}")
+    if not feature.question_lang or not feature.context_lang:
+        raise ShardError(f"{where}: question_lang and context_lang must be set")
+    input_ids = np.asarray(feature.input_ids, dtype=np.int64)
+    if input_ids.min() < 0 or input_ids.max() > np.iinfo(np.int32).max:
+        raise ShardError(f"{where}: input_ids outside the int32 range")
+    small = {}
+    for name in ("attention_mask", "token_type_ids"):
+        values = np.asarray(getattr(feature, name), dtype=np.int64)
+        if values.min() < 0 or values.max() > 255:
+            raise ShardError(f"{where}: {name} values must lie in [0, 255] to be stored as uint8")
+        small[name] = values.astype(np.uint8)
+    arrays = {"input_ids": input_ids.astype(np.int32), **small,
+              "start_positions": np.asarray(feature.start_position, dtype=np.int64),
+              "end_positions": np.asarray(feature.end_position, dtype=np.int64)}
+    return ShardRecord(
+        uid=feature.example_uid, part=feature.window, arrays=arrays,
+        group=cell_name(feature.question_lang, feature.context_lang), source=feature.source,
+        meta={"question_lang": feature.question_lang, "context_lang": feature.context_lang},
+    )

@@ -9,10 +9,12 @@ from collections import defaultdict
 import pytest
 
 from xdist.config import DataConfig, FeatureConfig, SourceConfig
-from xdist.data.examples import Answer, QAExample
-from xdist.data.features import FeatureStats, featurize, iter_features, load_tokenizer
-from xdist.data.readers import DataError, read_source
+from xdist.data.sources import DataError
+from xdist.data.tokenizer import load_tokenizer
 from xdist.evaluation.normalize import normalize_squad
+from xdist.tasks.qa.examples import Answer, QAExample
+from xdist.tasks.qa.features import FeatureStats, featurize, iter_features
+from xdist.tasks.qa.readers import read_source
 
 XQUAD_LANGUAGES = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
 

@@ -19,7 +19,7 @@ Decisions (also in the README of the data layer):
 * **Every example needs at least one answer.** SQuAD v1.1 has no unanswerable questions: training
   needs a target, and the v1.1 EM/F1 script takes a maximum over the gold answers. An empty answer
   list (or ``is_impossible: true``, SQuAD v2) is a bad record. Several answers are kept (evaluation
-  scores against all of them; :mod:`xdist.data.features` trains on the first, as SQuAD v1.1 train files
+  scores against all of them; :mod:`xdist.tasks.qa.features` trains on the first, as SQuAD v1.1 train files
   have exactly one).
 * **Bad records** (an answer whose ``context[answer_start:answer_start+len(text)]`` is not its text, a
   question record with a missing or mistyped field, no answers) stop the read with a :class:`DataError`
@@ -33,7 +33,7 @@ Decisions (also in the README of the data layer):
 * **Article split** (``articles: train|eval``): see :func:`split_titles`.
 * ``max_examples`` keeps the first N examples of each cell in file order (after the article filter
   and skipped records), so parallel cells keep the same ids.
-* **Cross-lingual sampling** (``sampling``, ``xquad`` only; :mod:`xdist.data.sampling`): instead of a
+* **Cross-lingual sampling** (``sampling``, ``xquad`` only; :mod:`xdist.tasks.qa.sampling`): instead of a
   fixed list of cells, every question id contributes the pairs of its own drawn language set. Examples
   then come question by question (in the first language's file order); ``max_examples`` counts
   questions. A question's article side is decided once for the id: parallel files that put the same id
@@ -47,79 +47,17 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xdist.config import DataConfig, SourceConfig, TitleSplitConfig, expand_env
-from xdist.data.examples import Answer, Cell, QAExample
-from xdist.data.sampling import SamplingReport, question_cells, question_languages
-from xdist.errors import UserError
+from xdist.data.sources import DataError, SkipReport, is_remote, join_root, resolve_path
+from xdist.tasks.qa.examples import Answer, Cell, QAExample
+from xdist.tasks.qa.sampling import SamplingReport, question_cells, question_languages
 
 log = logging.getLogger(__name__)
-
-
-class DataError(UserError, ValueError):
-    """Raw data is missing, malformed or inconsistent; the message names the file and the record or field."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------------
-
-MAX_SKIP_MESSAGES = 10
-"""How many individual skip messages a :class:`SkipReport` keeps (counts are always complete)."""
-
-
-@dataclass
-class SkipReport:
-    """Records that were skipped: a count per reason and the first few messages (file, record id, field)."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    """Number of skipped records per reason (``answer_offset_mismatch``, ``no_answers``, ...)."""
-
-    messages: list[str] = field(default_factory=list)
-    """The first :data:`MAX_SKIP_MESSAGES` messages, each naming the file and the record."""
-
-    def add(self, reason: str, message: str) -> None:
-        """Count one skipped record under ``reason``; keep ``message`` if fewer than the limit are kept."""
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        if len(self.messages) < MAX_SKIP_MESSAGES:
-            self.messages.append(message)
-
-    def merge(self, other: SkipReport) -> SkipReport:
-        """Add ``other``'s counts and (up to the limit) messages into this report; returns ``self``."""
-        for reason, count in other.counts.items():
-            self.counts[reason] = self.counts.get(reason, 0) + count
-        room = MAX_SKIP_MESSAGES - len(self.messages)
-        self.messages.extend(other.messages[: max(room, 0)])
-        return self
-
-    @property
-    def total(self) -> int:
-        """Number of skipped records, all reasons together."""
-        return sum(self.counts.values())
-
-    def summary(self) -> str:
-        """One human-readable paragraph: total, counts per reason, and the kept messages."""
-        if not self.total:
-            return "no records skipped"
-        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.counts.items()))
-        lines = [f"{self.total} records skipped ({reasons})"]
-        lines += [f"  - {message}" for message in self.messages]
-        if self.total > len(self.messages):
-            lines.append(f"  ... and {self.total - len(self.messages)} more")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for manifests."""
-        return {"total": self.total, "counts": dict(self.counts), "messages": list(self.messages)}
 
 
 @dataclass
@@ -137,83 +75,6 @@ class ReadResult:
 
     sampling: SamplingReport | None = None
     """What cross-lingual sampling drew (sources with ``sampling`` only)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Paths and downloads
-# --------------------------------------------------------------------------------------------------
-
-_URL_SCHEMES = ("http", "https")
-
-
-def _is_url(path: str) -> bool:
-    return urllib.parse.urlparse(path).scheme in (*_URL_SCHEMES, "file")
-
-
-def _is_remote(path: str) -> bool:
-    """An http(s) URL: downloaded, and not listable as a directory."""
-    return urllib.parse.urlparse(path).scheme in _URL_SCHEMES
-
-
-def download_cache_dir() -> Path:
-    """Where downloaded files are kept: ``$XDIST_CACHE/downloads``, default ``~/.cache/xdist/downloads``."""
-    base = os.environ.get("XDIST_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "xdist") / "downloads"
-
-
-def _download(url: str) -> Path:
-    """Fetch ``url`` once into the download cache and return the cached file."""
-    name = Path(urllib.parse.urlparse(url).path).name or "download"
-    # One folder per URL hash keeps same-named files from different places apart, and the file keeps its
-    # name (formats read languages from file names).
-    target = download_cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16] / name
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Download to a temporary name and rename, so an interrupted download never looks complete.
-    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-        os.replace(partial, target)
-    except urllib.error.HTTPError as err:
-        raise DataError(f"download of {url} failed: HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", None) or err
-        raise DataError(f"download of {url} failed: {reason}") from None
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    log.info("downloaded %s to %s", url, target)
-    return target
-
-
-def _join(path: str, root: str | os.PathLike | None) -> str:
-    """``path`` made absolute against ``root`` (a directory or URL prefix); URLs and absolute paths win."""
-    path = os.path.expanduser(str(path))
-    if _is_url(path) or os.path.isabs(path) or root is None or str(root) == "":
-        return path
-    root = str(root)
-    if _is_url(root):
-        return root.rstrip("/") + "/" + urllib.parse.quote(path)
-    return os.path.join(os.path.expanduser(root), path)
-
-
-def resolve_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
-    """A local file path for ``path``, which may be absolute, relative to ``root``, or a URL.
-
-    ``root`` is a directory or an http(s) URL prefix (``data.root``); relative local roots are relative
-    to the working directory. ``http(s)://`` URLs are downloaded once into :func:`download_cache_dir`
-    (later calls reuse the file); ``file://`` URLs map to the local path. Local paths are not checked for
-    existence here: callers report what they looked for. A failed download raises :class:`DataError`.
-    """
-    joined = _join(str(path), root)
-    parsed = urllib.parse.urlparse(joined)
-    if parsed.scheme in _URL_SCHEMES:
-        return _download(joined)
-    if parsed.scheme == "file":
-        return Path(urllib.request.url2pathname(parsed.path))
-    return Path(joined)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,7 +280,7 @@ class _Read:
     skipped: SkipReport = field(default_factory=SkipReport)
     notes: list[str] = field(default_factory=list)
     epoch: int = 0
-    """Epoch of a per-epoch sampling draw (see :mod:`xdist.data.sampling`)."""
+    """Epoch of a per-epoch sampling draw (see :mod:`xdist.tasks.qa.sampling`)."""
     sampling: SamplingReport | None = None
 
     def fail(self, message: str) -> DataError:
@@ -526,7 +387,7 @@ def _listed_cells(pairs: str) -> list[Cell]:
 
 def _single_file_url(read: _Read, location: str) -> None:
     """Directories cannot be listed over http(s): such a source must name one file."""
-    if _is_remote(location) and not location.endswith(".json"):
+    if is_remote(location) and not location.endswith(".json"):
         raise read.fail(f"{location} is a URL but not of a .json file; a URL directory cannot be listed")
 
 
@@ -549,7 +410,7 @@ def _read_xquad(read: _Read, location: str) -> list[QAExample]:
         if match is None:
             raise read.fail(f"{location}: expected a file named xquad.<lang>.json")
         paths = {match.group(1): resolve_path(location)}
-    elif _is_remote(location):
+    elif is_remote(location):
         if not source.languages:
             raise read.fail(f"{location} is a URL prefix; a URL cannot be listed, so set 'languages'")
         paths = {lang: resolve_path(f"xquad.{lang}.json", location) for lang in source.languages}
@@ -736,7 +597,7 @@ def read_source(source: SourceConfig, data: DataConfig, *, epoch: int = 0) -> Re
     """Read one QA source into examples, one block per (question language, context language) cell.
 
     With ``source.sampling`` the examples are the cross-lingual sample instead (question by question,
-    see :mod:`xdist.data.sampling`), drawn for ``epoch`` when ``sampling.per_epoch`` (else ``epoch`` is
+    see :mod:`xdist.tasks.qa.sampling`), drawn for ``epoch`` when ``sampling.per_epoch`` (else ``epoch`` is
     ignored), and :attr:`ReadResult.sampling` reports what was drawn.
 
     ``source.path`` is resolved against ``data.root`` (see :func:`resolve_path`; ``${VAR}`` references
@@ -747,7 +608,7 @@ def read_source(source: SourceConfig, data: DataConfig, *, epoch: int = 0) -> Re
     """
     read = _Read(source=source, data=data, epoch=epoch)
     # Configs built in code (not loaded from YAML) may still hold ${VAR} defaults such as the data root.
-    location = _join(expand_env(source.path, "path"), expand_env(data.root, "data.root"))
+    location = join_root(expand_env(source.path, "path"), expand_env(data.root, "data.root"))
     examples = _READERS[source.format](read, location)
     for note in read.notes:
         log.info("source %s: %s", source.name, note)

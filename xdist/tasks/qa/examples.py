@@ -1,6 +1,6 @@
 """The record types that flow through the data layer: raw QA examples and tokenised features.
 
-Readers produce :class:`QAExample`; :mod:`xdist.data.features` turns them into :class:`QAFeature`;
+Readers produce :class:`QAExample`; :mod:`xdist.tasks.qa.features` turns them into :class:`QAFeature`;
 :mod:`xdist.data.shards` writes features' training fields to webdataset shards, and evaluation keeps
 whole features (with offsets) in memory to decode answers back to text.
 """

@@ -434,8 +434,9 @@ def test_stopped_rank_times_out_naming_rank_and_step(job, tmp_path):
             os.kill(victim, signal.SIGKILL)
     took = time.monotonic() - stopped_at
     assert proc.returncode != 0
-    # timeout + torchrun's wait for the stopped rank (grace + 10 s) + start-up slack on a loaded machine
-    assert took < timeout_s + grace_s + 10 + 30, took
+    # Measured 30-50 s (timeout + torchrun's wait for the stopped rank, grace + 10 s, on a loaded machine);
+    # without the 6 s timeout reaching DeepSpeed's groups it would block 300 s (our default) or 30 min (torch's).
+    assert took < 150, took
     assert "rank 0, step " in stderr and "a collective timed out after train.collective_timeout_s = 6 s" in stderr, \
         stderr[-4000:]
     assert not [pid for pid in tree if alive(pid)]

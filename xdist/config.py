@@ -227,6 +227,10 @@ class DataConfig:
     re-shuffled repeat of their own samples (counted and logged) so every rank takes the same number of
     steps; ``refuse`` stops at start with an error explaining the imbalance."""
 
+    verify_checksums: bool = True
+    """Check every training shard against the sha256 in its manifest as it is read (the whole shard is read,
+    hashed, then its samples used), so a corrupt shard is refused, named, before a step trains on it."""
+
     def __post_init__(self) -> None:
         if self.samples_per_shard <= 0:
             _fail("samples_per_shard", f"expected a positive integer, got {self.samples_per_shard}")
@@ -320,8 +324,31 @@ class TrainConfig:
     export: bool = True
     """Write a Hugging Face ``save_pretrained`` checkpoint (safetensors) at the end."""
 
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "skip"
+    """A non-finite loss part or gradient norm: ``stop`` the run; ``skip`` the optimizer step (DeepSpeed
+    drops its non-finite gradients); ``rollback`` to the last checkpoint and go on from there. Whatever the
+    policy, more than ``max_nonfinite_steps`` such steps in a row stop the run, and no checkpoint or export
+    is ever written from a non-finite step."""
+
+    max_nonfinite_steps: int = 3
+    """Consecutive non-finite optimizer steps tolerated by ``skip``/``rollback`` before the run stops."""
+
+    collective_timeout_s: float = 300.0
+    """Seconds a collective (all-reduce, barrier, ...) waits for the other ranks before the job fails;
+    given to the process group and DeepSpeed (torch's default is 30 minutes)."""
+
+    watchdog_s: float | None = 600.0
+    """A phase of a training step (reading data, forward/backward, optimizer step, the step's all-reduce)
+    that makes no progress for this long exits the rank with a message naming rank, step and phase
+    (null disables)."""
+
+    signal_grace_s: float = 30.0
+    """After SIGTERM/SIGINT: time to finish the current optimizer step and write a checkpoint if it fits
+    (SLURM's default grace before SIGKILL is 30 s); the launcher kills what is left after it."""
+
     def __post_init__(self) -> None:
-        positive = ("micro_batch_size", "gradient_accumulation_steps", "epochs", "log_every", "keep_last")
+        positive = ("micro_batch_size", "gradient_accumulation_steps", "epochs", "log_every", "keep_last",
+                    "max_nonfinite_steps")
         for name in positive:
             if getattr(self, name) <= 0:
                 _fail(name, f"expected a positive integer, got {getattr(self, name)}")
@@ -337,6 +364,13 @@ class TrainConfig:
             _fail("adam_betas", f"expected two numbers in [0, 1), got {self.adam_betas}")
         if self.max_grad_norm < 0:
             _fail("max_grad_norm", f"expected >= 0, got {self.max_grad_norm}")
+        if not self.adam_eps > 0:
+            _fail("adam_eps", f"expected a positive number (it keeps Adam's update finite), got {self.adam_eps}")
+        for name in ("collective_timeout_s", "signal_grace_s"):
+            if not getattr(self, name) > 0:
+                _fail(name, f"expected a positive number of seconds, got {getattr(self, name)}")
+        if self.watchdog_s is not None and not self.watchdog_s > 0:
+            _fail("watchdog_s", f"expected a positive number of seconds or null, got {self.watchdog_s}")
 
 
 @dataclass

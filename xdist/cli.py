@@ -1,4 +1,4 @@
-"""The xdist command line: prepare, train, eval, bench, compare.
+"""The xdist command line: prepare, train, eval, select-teachers, bench, compare.
 
 Thin on purpose: parse arguments, load the config, call the layer that does the work.
 
@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report directory (default: eval/<checkpoint name> beside the checkpoint, e.g. "
                         "runs/demo/eval/export for runs/demo/export)")
 
+    p = _subcommand(sub, "select-teachers",
+                    "ALSACE: choose teacher languages by the majority vote of a stage-0 checkpoint on data.train")
+    _common(p)
+    _launch_args(p)
+    p.add_argument("--checkpoint", required=True, help="the stage-0 model (an exported Hugging Face directory)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: the directory of method.alsace.selection.file, which is "
+                        "<train.output_dir>/selection unless set)")
+
     p = _subcommand(sub, "bench", "stream and training throughput of a config (prints a table)")
     _common(p)
     p.add_argument("--nproc", type=int, default=2, metavar="N", help="ranks for the training measurement")
@@ -147,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="write comparison.md, comparison.json and heatmaps here")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level")
     p.add_argument("--per-cell", action="store_true", help="also test every (question, context) cell")
+    p.add_argument("--selection", default=None, metavar="SELECTION_JSON",
+                   help="ALSACE: also report the teacher and student language groups of this selection file "
+                        "(baseline = before, each other run = after; writes groups.json/groups.md with --out)")
     return parser
 
 
@@ -234,6 +246,23 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     # save_pretrained's "Writing model shards" bar for a one-file export, drawn again at every export.
     hf_logging.disable_progress_bar()
+
+
+def _alsace_groups(comparison, selection_path: str, out: str | None) -> None:
+    """``xdist compare --selection``: the teacher/student group view of the comparison, printed and written."""
+    import json
+
+    from xdist.methods.alsace.groups import compare_runs_by_group, groups_report_markdown
+    from xdist.methods.alsace.selection import load_selection
+
+    selection = load_selection(selection_path)
+    by_set = compare_runs_by_group(comparison, selection)
+    text = groups_report_markdown(by_set, comparison.baseline, selection)
+    print("\n" + text, end="")
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "groups.json").write_text(json.dumps(by_set, indent=2) + "\n")
+        (Path(out) / "groups.md").write_text(text)
 
 
 def _in_launch() -> bool:
@@ -376,6 +405,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"xdist compare: error: {error}", file=sys.stderr)
             return 2
         print(comparison.to_markdown(), end="")
+        if args.selection:
+            _alsace_groups(comparison, args.selection, args.out)
         return 0
 
     from xdist.config import load_config
@@ -385,7 +416,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         from xdist.rundir import claim_output_dir
 
         claim_output_dir(Path(cfg.train.output_dir), resume=args.resume, overwrite=args.overwrite, rank=0)
-    if args.command in ("train", "eval") and args.nproc and not _in_launch():
+    if args.command in ("train", "eval", "select-teachers") and args.nproc and not _in_launch():
         _resolve_hub_ids(cfg, with_model=args.command == "train")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # resolved above: ranks read the cache, not the Hub
         return _relaunch(args, argv)
@@ -396,7 +427,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         setup_logging()
 
         prepare(cfg, overwrite=args.overwrite)
-    elif args.command in ("train", "eval"):
+    elif args.command in ("train", "eval", "select-teachers"):
         _quiet_libraries()
         from xdist.distributed import cleanup
 
@@ -405,6 +436,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                 from xdist.train import train
 
                 train(cfg, resume=args.resume, overwrite=args.overwrite)
+            elif args.command == "select-teachers":
+                from xdist.methods.alsace.stages import select_teachers_job
+
+                select_teachers_job(cfg, args.checkpoint, out_dir=args.out)
             else:
                 from xdist.evaluate import evaluate_checkpoint
 

@@ -256,8 +256,10 @@ def _record_fields(where: str, record: ShardRecord) -> dict[str, ArraySpec]:
             raise ShardError(f"{where}: {name} must be a numeric numpy array, got {type(array).__name__} "
                              f"{getattr(array, 'dtype', '')}")
         fields[name] = ArraySpec.of(array)
-    if "input_ids" not in fields or len(fields["input_ids"].shape) != 1 or fields["input_ids"].shape[0] <= 0:
-        raise ShardError(f"{where}: input_ids is missing or empty (every task writes token ids of shape [L])")
+    # Token ids are [L], or [..., L] with leading axes (ALSACE's pair samples: [2, L], one row per language).
+    if "input_ids" not in fields or len(fields["input_ids"].shape) < 1 or fields["input_ids"].shape[-1] <= 0:
+        raise ShardError(f"{where}: input_ids is missing or empty (every task writes token ids of shape [L] "
+                         "or [..., L])")
     return fields
 
 
@@ -384,7 +386,7 @@ def write_shards(
         total_samples=len(encoded),
         groups=dict(sorted(Counter(group for _, group, _ in encoded).items())),
         sources=dict(sorted(Counter(source for _, _, source in encoded).items())),
-        max_length=fields["input_ids"].shape[0],
+        max_length=fields["input_ids"].shape[-1],
         samples_per_shard=samples_per_shard,
         shuffle_seed=shuffle_seed,
         tokenizer_fingerprint=meta.tokenizer_fingerprint,

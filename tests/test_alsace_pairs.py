@@ -5,20 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from xdist.config import SourceConfig
 from xdist.data.parallel import PairError
 from xdist.methods.alsace.config import PairsConfig
 from xdist.methods.alsace.pairs import build_pair_samples
 from xdist.methods.alsace.selection import select_teachers
-from xdist.tasks.classification.config import DEFAULT_TEMPLATES, ClassificationSourceConfig
 from xdist.tasks.classification.features import PromptTemplate, encode_prompts
+from xdist.tasks.classification.formats import DEFAULT_TEMPLATES
 from xdist.tasks.classification.readers import read_classification_source
 
 LANGUAGES = ["en", "de", "fr", "sw", "ur"]
 
 
 def read(data_dir, groups, name="xnli", max_examples=None):
-    source = ClassificationSourceConfig(name=name, format="xnli", path="xnli-dev", languages=LANGUAGES,
-                                        groups=groups, max_examples=max_examples)  # fmt: skip
+    source = SourceConfig(name=name, format="xnli", path="xnli-dev", languages=LANGUAGES,
+                          groups=groups, max_examples=max_examples)  # fmt: skip
     return read_classification_source(source, root=str(data_dir))
 
 

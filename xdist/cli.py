@@ -6,7 +6,13 @@ Process model for ``train`` and ``eval``:
 - plain ``xdist train CONFIG`` runs one process (no launcher needed);
 - ``--nproc N`` starts N local ranks itself through ``torch.distributed.run --standalone``;
 - inside an existing ``torchrun`` / ``deepspeed`` launch (``RANK``/``WORLD_SIZE`` set, or the
-  ``--local_rank`` argument the ``deepspeed`` launcher appends) it simply joins the job.
+  ``--local_rank`` argument the ``deepspeed`` launcher appends) it simply joins the job, and dies with
+  its launcher (:func:`xdist.faults.die_with_parent`).
+
+Faults under ``--nproc`` (:func:`_relaunch`): SIGTERM/SIGINT/SIGHUP to ``xdist`` reach every rank (torchrun's
+agent runs in this process and forwards them), the ranks finish their step and may checkpoint within
+``train.signal_grace_s``, then whatever is left is killed; ``kill -9`` of ``xdist`` takes the ranks along;
+``--max-restarts N`` restarts failed ranks, which resume from the run's newest verified checkpoint.
 """
 
 from __future__ import annotations
@@ -37,8 +43,28 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (a number of ranks), got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _launch_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+    parser.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                         help="start N local ranks (torchrun --standalone); default: one process")
 
 
@@ -99,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "train", "train with DeepSpeed on the prepared shards")
     _common(p)
     _launch_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest verified checkpoint in output_dir")
+    p.add_argument("--max-restarts", type=_non_negative_int, default=0, metavar="N",
+                   help="with --nproc: after a rank fails, restart all ranks up to N times; they resume from the "
+                        "run's newest verified checkpoint (torchrun's elastic restarts)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in output_dir (without it, such a directory is refused)")
 
@@ -122,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subcommand(sub, "bench", "stream and training throughput of a config (prints a table)")
     _common(p)
-    p.add_argument("--nproc", type=int, default=2, metavar="N", help="ranks for the training measurement")
+    p.add_argument("--nproc", type=_positive_int, default=2, metavar="N", help="ranks for the training measurement")
     p.add_argument("--steps", type=int, default=20, metavar="N", help="optimizer steps to time")
 
     p = _subcommand(sub, "data", "fetch the public data sets and tokenizer the recipes read, or list them")
@@ -269,23 +299,25 @@ def _in_launch() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
+def _relaunch(args: argparse.Namespace, argv: list[str], grace_s: float = 30.0) -> int:
     """Run this command on ``args.nproc`` local ranks (``torchrun --standalone``, in this process) and wait.
 
     torchrun's launcher runs here rather than in a child process so that a failure reaches us as a
     ``ChildFailedError`` instead of torchrun's failure box: every rank reports its error to a file in
     ``XDIST_ERROR_DIR`` (see :func:`_report_in_rank`), and we print it once, not once per rank.
+    Signals and restarts: :func:`_torchrun_fault_args`.
     """
     forwarded, skip_value = [], False
-    for arg in argv:  # every argument but "--nproc N" / "--nproc=N"
+    for arg in argv:  # every argument but "--nproc N" / "--max-restarts N" (and their "=" forms)
         if skip_value:
             skip_value = False
-        elif arg == "--nproc":
+        elif arg in ("--nproc", "--max-restarts"):
             skip_value = True
-        elif not arg.startswith("--nproc="):
+        elif not arg.startswith(("--nproc=", "--max-restarts=")):
             forwarded.append(arg)
     for key, value in _CPU_ENV.items():
         os.environ.setdefault(key, value)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -294,12 +326,34 @@ def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="xdist-errors-") as error_dir:
         os.environ[_ERROR_DIR_ENV] = error_dir
         try:
-            run(parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "xdist.cli", *forwarded]))
+            run(parse_args(["--standalone", f"--nproc_per_node={args.nproc}",
+                            *_torchrun_fault_args(args, grace_s), "-m", "xdist.cli", *forwarded]))
         except ChildFailedError as failure:
             return _report_ranks(args.command, Path(error_dir), failure)
+        except SignalException as stopped:  # the ranks were told, had their grace period, and are gone
+            if any(Path(error_dir).glob("*.error")):
+                _report_ranks(args.command, Path(error_dir), stopped)
+            else:
+                print(f"xdist {args.command}: stopped by {signal.Signals(stopped.sigval).name} before the ranks "
+                      "reported (killed after train.signal_grace_s)", file=sys.stderr)
+            return 128 + int(stopped.sigval)
         finally:
             del os.environ[_ERROR_DIR_ENV]
+            os.environ.pop("XDIST_RUN_ID", None)
     return 0
+
+
+def _torchrun_fault_args(args: argparse.Namespace, grace_s: float) -> list[str]:
+    """torchrun options for faults, and the run id its ranks share across restarts.
+
+    torchrun's agent (in this process) forwards SIGTERM/SIGINT/SIGHUP to the ranks, waits ``grace_s`` (the
+    ranks' ``train.signal_grace_s``) plus a margin for them, then SIGKILLs them. ``--max-restarts`` restarts
+    every rank after a failure; ``XDIST_RUN_ID`` lets the restarted ranks find this run's checkpoints.
+    """
+    import uuid
+
+    os.environ["XDIST_RUN_ID"] = uuid.uuid4().hex
+    return [f"--max-restarts={getattr(args, 'max_restarts', 0)}", f"--shutdown-timeout={int(grace_s) + 10}"]
 
 
 def _quiet_torchrun_logs() -> None:
@@ -317,8 +371,8 @@ def _report_in_rank(command: str, error: BaseException, user_error: bool) -> int
     """
     error_dir = os.environ.get(_ERROR_DIR_ENV)
     rank = os.environ.get("RANK", "0")
-    if user_error:
-        text, suffix, status = one_paragraph(error), "error", EXIT_USER_ERROR
+    if user_error:  # a fault that stopped the run may carry its own status (128 + signal after SIGTERM)
+        text, suffix, status = one_paragraph(error), "error", getattr(error, "exit_code", EXIT_USER_ERROR)
     else:
         text, suffix, status = "".join(traceback.format_exception(error)), "traceback", 1
     if error_dir and os.path.isdir(error_dir):
@@ -419,7 +473,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command in ("train", "eval", "select-teachers") and args.nproc and not _in_launch():
         _resolve_hub_ids(cfg, with_model=args.command == "train")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # resolved above: ranks read the cache, not the Hub
-        return _relaunch(args, argv)
+        return _relaunch(args, argv, cfg.train.signal_grace_s)
+    if args.command in ("train", "eval") and _in_launch():
+        from xdist.faults import die_with_parent
+
+        die_with_parent()  # nothing of a job outlives its launcher, even one killed with -9
     if args.command == "prepare":
         from xdist.data.prepare import prepare
         from xdist.monitor import setup_logging

@@ -66,7 +66,7 @@ def test_one_stacked_forward_gives_the_loss_of_both_sides():
     batch = collate([pair_sample(*(features(rng, 0), features(rng, 0))) for _ in range(5)])
     rows_seen = []
     hook = model.bert.embeddings.register_forward_hook(lambda module, args, out: rows_seen.append(out.shape[0]))
-    method = Alsace(AlsaceConfig(), classifier_logits)
+    method = Alsace(cfg=AlsaceConfig(), logits=classifier_logits)
     output = method.step(model, batch)
     hook.remove()
     assert rows_seen == [10]  # one forward of the 2B stacked rows
@@ -84,7 +84,7 @@ def test_optimising_the_loss_pulls_the_languages_together(direction):
     model = tiny_classifier(seed=3)
     model.train()
     batch = collate([pair_sample(features(rng, 0), features(rng, 0)) for _ in range(8)])
-    method = Alsace(AlsaceConfig(direction=direction), classifier_logits)
+    method = Alsace(cfg=AlsaceConfig(direction=direction), logits=classifier_logits)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
 
     def kl() -> float:

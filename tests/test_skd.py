@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -25,13 +27,18 @@ SKD = ["--nproc", "2", "--set", "method.name=skd", "--set", "method.coefficient=
 
 
 def run_worker(job, tmp_path, zero_json: str, *mode: str) -> list[dict]:
-    """Launch tests/distributed/skd_worker.py on 2 gloo ranks; return each rank's record."""
+    """Launch tests/distributed/skd_worker.py on 2 gloo ranks; return each rank's record.
+
+    The model's random init comes from a fresh seed, printed (pytest shows it for a failing test) and
+    replayed with ``XDIST_TEST_SEED=<seed>``."""
+    seed = int(os.environ.get("XDIST_TEST_SEED", secrets.randbits(31)))
+    print(f"[seed] skd_worker {zero_json} {' '.join(mode)}: replay with XDIST_TEST_SEED={seed}")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
          str(job), str(REPO / "configs" / "deepspeed" / zero_json), str(tmp_path), *mode],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env={**ENV, "XDIST_TEST_SEED": str(seed)}, capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.returncode == 0, f"XDIST_TEST_SEED={seed}\n{result.stderr[-5000:]}"
     return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 

@@ -1,4 +1,4 @@
-"""The xdist command line: prepare, train, eval, bench, compare.
+"""The xdist command line: prepare, train, eval, select-teachers, bench, compare.
 
 Thin on purpose: parse arguments, load the config, call the layer that does the work.
 
@@ -6,7 +6,13 @@ Process model for ``train`` and ``eval``:
 - plain ``xdist train CONFIG`` runs one process (no launcher needed);
 - ``--nproc N`` starts N local ranks itself through ``torch.distributed.run --standalone``;
 - inside an existing ``torchrun`` / ``deepspeed`` launch (``RANK``/``WORLD_SIZE`` set, or the
-  ``--local_rank`` argument the ``deepspeed`` launcher appends) it simply joins the job.
+  ``--local_rank`` argument the ``deepspeed`` launcher appends) it simply joins the job, and dies with
+  its launcher (:func:`xdist.faults.die_with_parent`).
+
+Faults under ``--nproc`` (:func:`_relaunch`): SIGTERM/SIGINT/SIGHUP to ``xdist`` reach every rank (torchrun's
+agent runs in this process and forwards them), the ranks finish their step and may checkpoint within
+``train.signal_grace_s``, then whatever is left is killed; ``kill -9`` of ``xdist`` takes the ranks along;
+``--max-restarts N`` restarts failed ranks, which resume from the run's newest verified checkpoint.
 """
 
 from __future__ import annotations
@@ -37,8 +43,28 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (a number of ranks), got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _launch_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+    parser.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                         help="start N local ranks (torchrun --standalone); default: one process")
 
 
@@ -99,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "train", "train with DeepSpeed on the prepared shards")
     _common(p)
     _launch_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest verified checkpoint in output_dir")
+    p.add_argument("--max-restarts", type=_non_negative_int, default=0, metavar="N",
+                   help="with --nproc: after a rank fails, restart all ranks up to N times; they resume from the "
+                        "run's newest verified checkpoint (torchrun's elastic restarts)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in output_dir (without it, such a directory is refused)")
 
@@ -111,9 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report directory (default: eval/<checkpoint name> beside the checkpoint, e.g. "
                         "runs/demo/eval/export for runs/demo/export)")
 
+    p = _subcommand(sub, "select-teachers",
+                    "ALSACE: choose teacher languages by the majority vote of a stage-0 checkpoint on data.train")
+    _common(p)
+    _launch_args(p)
+    p.add_argument("--checkpoint", required=True, help="the stage-0 model (an exported Hugging Face directory)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: the directory of method.alsace.selection.file, which is "
+                        "<train.output_dir>/selection unless set)")
+
     p = _subcommand(sub, "bench", "stream and training throughput of a config (prints a table)")
     _common(p)
-    p.add_argument("--nproc", type=int, default=2, metavar="N", help="ranks for the training measurement")
+    p.add_argument("--nproc", type=_positive_int, default=2, metavar="N", help="ranks for the training measurement")
     p.add_argument("--steps", type=int, default=20, metavar="N", help="optimizer steps to time")
 
     p = _subcommand(sub, "data", "fetch the public data sets and tokenizer the recipes read, or list them")
@@ -147,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="write comparison.md, comparison.json and heatmaps here")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level")
     p.add_argument("--per-cell", action="store_true", help="also test every (question, context) cell")
+    p.add_argument("--selection", default=None, metavar="SELECTION_JSON",
+                   help="ALSACE: also report the teacher and student language groups of this selection file "
+                        "(baseline = before, each other run = after; writes groups.json/groups.md with --out)")
     return parser
 
 
@@ -196,10 +238,16 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = load_config(config, overrides)
     print(f"xdist demo: data {data_dir}, tokenizer {cfg.features.tokenizer}, output {cfg.train.output_dir}",
           flush=True)
-    if args.overwrite:  # the old run goes before prepare (its shards may live inside the run directory)
-        from xdist.rundir import claim_output_dir
+    from xdist.errors import RunExistsError
+    from xdist.rundir import claim_output_dir
 
-        claim_output_dir(Path(cfg.train.output_dir), resume=False, overwrite=True, rank=0)
+    try:  # before prepare: with --overwrite the old run goes first (its shards may live inside the run directory)
+        claim_output_dir(Path(cfg.train.output_dir), resume=False, overwrite=args.overwrite, rank=0)
+    except RunExistsError:
+        raise RunExistsError(
+            f"{cfg.train.output_dir!r} already holds a demo run; nothing was changed. Run 'xdist demo --overwrite' "
+            f"to replace it, or keep it and write elsewhere with --set train.output_dir=runs/demo2"
+        ) from None
     for step in (["prepare", config, *sets, *overwrite], ["train", config, "--nproc", str(args.nproc), *sets]):
         status = main(step)
         if status:
@@ -230,27 +278,46 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _alsace_groups(comparison, selection_path: str, out: str | None) -> None:
+    """``xdist compare --selection``: the teacher/student group view of the comparison, printed and written."""
+    import json
+
+    from xdist.methods.alsace.groups import compare_runs_by_group, groups_report_markdown
+    from xdist.methods.alsace.selection import load_selection
+
+    selection = load_selection(selection_path)
+    by_set = compare_runs_by_group(comparison, selection)
+    text = groups_report_markdown(by_set, comparison.baseline, selection)
+    print("\n" + text, end="")
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "groups.json").write_text(json.dumps(by_set, indent=2) + "\n")
+        (Path(out) / "groups.md").write_text(text)
+
+
 def _in_launch() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
+def _relaunch(args: argparse.Namespace, argv: list[str], grace_s: float = 30.0) -> int:
     """Run this command on ``args.nproc`` local ranks (``torchrun --standalone``, in this process) and wait.
 
     torchrun's launcher runs here rather than in a child process so that a failure reaches us as a
     ``ChildFailedError`` instead of torchrun's failure box: every rank reports its error to a file in
     ``XDIST_ERROR_DIR`` (see :func:`_report_in_rank`), and we print it once, not once per rank.
+    Signals and restarts: :func:`_torchrun_fault_args`.
     """
     forwarded, skip_value = [], False
-    for arg in argv:  # every argument but "--nproc N" / "--nproc=N"
+    for arg in argv:  # every argument but "--nproc N" / "--max-restarts N" (and their "=" forms)
         if skip_value:
             skip_value = False
-        elif arg == "--nproc":
+        elif arg in ("--nproc", "--max-restarts"):
             skip_value = True
-        elif not arg.startswith("--nproc="):
+        elif not arg.startswith(("--nproc=", "--max-restarts=")):
             forwarded.append(arg)
     for key, value in _CPU_ENV.items():
         os.environ.setdefault(key, value)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -259,12 +326,34 @@ def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="xdist-errors-") as error_dir:
         os.environ[_ERROR_DIR_ENV] = error_dir
         try:
-            run(parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "xdist.cli", *forwarded]))
+            run(parse_args(["--standalone", f"--nproc_per_node={args.nproc}",
+                            *_torchrun_fault_args(args, grace_s), "-m", "xdist.cli", *forwarded]))
         except ChildFailedError as failure:
             return _report_ranks(args.command, Path(error_dir), failure)
+        except SignalException as stopped:  # the ranks were told, had their grace period, and are gone
+            if any(Path(error_dir).glob("*.error")):
+                _report_ranks(args.command, Path(error_dir), stopped)
+            else:
+                print(f"xdist {args.command}: stopped by {signal.Signals(stopped.sigval).name} before the ranks "
+                      "reported (killed after train.signal_grace_s)", file=sys.stderr)
+            return 128 + int(stopped.sigval)
         finally:
             del os.environ[_ERROR_DIR_ENV]
+            os.environ.pop("XDIST_RUN_ID", None)
     return 0
+
+
+def _torchrun_fault_args(args: argparse.Namespace, grace_s: float) -> list[str]:
+    """torchrun options for faults, and the run id its ranks share across restarts.
+
+    torchrun's agent (in this process) forwards SIGTERM/SIGINT/SIGHUP to the ranks, waits ``grace_s`` (the
+    ranks' ``train.signal_grace_s``) plus a margin for them, then SIGKILLs them. ``--max-restarts`` restarts
+    every rank after a failure; ``XDIST_RUN_ID`` lets the restarted ranks find this run's checkpoints.
+    """
+    import uuid
+
+    os.environ["XDIST_RUN_ID"] = uuid.uuid4().hex
+    return [f"--max-restarts={getattr(args, 'max_restarts', 0)}", f"--shutdown-timeout={int(grace_s) + 10}"]
 
 
 def _quiet_torchrun_logs() -> None:
@@ -282,8 +371,8 @@ def _report_in_rank(command: str, error: BaseException, user_error: bool) -> int
     """
     error_dir = os.environ.get(_ERROR_DIR_ENV)
     rank = os.environ.get("RANK", "0")
-    if user_error:
-        text, suffix, status = one_paragraph(error), "error", EXIT_USER_ERROR
+    if user_error:  # a fault that stopped the run may carry its own status (128 + signal after SIGTERM)
+        text, suffix, status = one_paragraph(error), "error", getattr(error, "exit_code", EXIT_USER_ERROR)
     else:
         text, suffix, status = "".join(traceback.format_exception(error)), "traceback", 1
     if error_dir and os.path.isdir(error_dir):
@@ -370,6 +459,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"xdist compare: error: {error}", file=sys.stderr)
             return 2
         print(comparison.to_markdown(), end="")
+        if args.selection:
+            _alsace_groups(comparison, args.selection, args.out)
         return 0
 
     from xdist.config import load_config
@@ -379,10 +470,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         from xdist.rundir import claim_output_dir
 
         claim_output_dir(Path(cfg.train.output_dir), resume=args.resume, overwrite=args.overwrite, rank=0)
-    if args.command in ("train", "eval") and args.nproc and not _in_launch():
+    if args.command in ("train", "eval", "select-teachers") and args.nproc and not _in_launch():
         _resolve_hub_ids(cfg, with_model=args.command == "train")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # resolved above: ranks read the cache, not the Hub
-        return _relaunch(args, argv)
+        return _relaunch(args, argv, cfg.train.signal_grace_s)
+    if args.command in ("train", "eval") and _in_launch():
+        from xdist.faults import die_with_parent
+
+        die_with_parent()  # nothing of a job outlives its launcher, even one killed with -9
     if args.command == "prepare":
         from xdist.data.prepare import prepare
         from xdist.monitor import setup_logging
@@ -390,7 +485,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         setup_logging()
 
         prepare(cfg, overwrite=args.overwrite)
-    elif args.command in ("train", "eval"):
+    elif args.command in ("train", "eval", "select-teachers"):
         _quiet_libraries()
         from xdist.distributed import cleanup
 
@@ -399,6 +494,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                 from xdist.train import train
 
                 train(cfg, resume=args.resume, overwrite=args.overwrite)
+            elif args.command == "select-teachers":
+                from xdist.methods.alsace.stages import select_teachers_job
+
+                select_teachers_job(cfg, args.checkpoint, out_dir=args.out)
             else:
                 from xdist.evaluate import evaluate_checkpoint
 

@@ -75,45 +75,133 @@ class SamplingConfig:
             _fail("pivot", f"expected a language code such as 'en', got {self.pivot!r}")
 
 
+QA_FORMATS = ("squad", "xquad", "mlqa", "tydiqa")
+"""Source formats of the ``qa`` task (SQuAD v1.1 JSON)."""
+
+CLASSIFICATION_FORMATS = ("xnli", "pawsx", "xcopa", "jsonl", "csv", "tsv", "hf")
+"""Source formats of the ``classification`` task; the first three have fixed columns and class names."""
+
+BUILTIN_CLASS_NAMES = {
+    "xnli": ["entailment", "neutral", "contradiction"],
+    "pawsx": ["0", "1"],
+    "xcopa": ["choice1", "choice2"],
+}
+"""Class names, in id order, of the classification formats with fixed columns. XNLI's order is the Hugging
+Face ``xnli`` dataset's ClassLabel order; PAWS-X's are the raw 0/1 (1 = paraphrase); XCOPA's label is the
+correct choice."""
+
+CLASSIFICATION_FIELDS = ("text_a", "text_b", "label", "id", "premise", "choice1", "choice2", "question")
+"""Our field names that ``columns`` maps to a generic classification source's column names."""
+
+
+@dataclass
+class GroupSplitConfig:
+    """Deterministic train/eval split of a classification source by *group* (XNLI: the premise shared by
+    three hypotheses), stable across languages and file order (each group's side is a hash of (seed, key))."""
+
+    eval_fraction: float = 0.25
+    """Fraction of groups held out for evaluation (in expectation: each group is decided alone)."""
+
+    seed: int = 0
+    """Seed of the split."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            _fail("eval_fraction", f"expected a number in (0, 1), got {self.eval_fraction}")
+
+
 @dataclass
 class SourceConfig:
-    """One raw QA data source: a SQuAD-v1.1-format file (or a family of them) and its languages."""
+    """One raw data source: a file or a family of per-language files (or a Hugging Face dataset).
+
+    QA formats (``squad``, ``xquad``, ``mlqa``, ``tydiqa``) use the fields up to ``sampling``;
+    classification formats (``xnli``, ``pawsx``, ``xcopa``, ``jsonl``, ``csv``, ``tsv``, ``hf``) use
+    ``language(s)``, ``max_examples`` and the fields from ``split`` on."""
 
     name: str
-    """Short name used in manifests, metrics and TensorBoard tags (``xquad``, ``tydiqa-en``)."""
+    """Short name used in manifests, metrics and TensorBoard tags (``xquad``, ``tydiqa-en``, ``xnli``)."""
 
-    format: Literal["squad", "xquad", "mlqa", "tydiqa"] = "squad"
-    """File family. All are SQuAD v1.1 JSON; they differ in how languages are found:
+    format: Literal["squad", "xquad", "mlqa", "tydiqa", "xnli", "pawsx", "xcopa", "jsonl", "csv", "tsv", "hf"] = "squad"
+    """File family. QA (SQuAD v1.1 JSON; they differ in how languages are found):
     ``xquad``: ``xquad.<lang>.json`` in directory ``path``, parallel ids across languages;
     ``mlqa``: ``*-context-<c>-question-<q>.json`` files in ``path`` (MLQA's distributed names);
     ``tydiqa``: ``tydiqa.goldp.<lang>.<split>.json`` (language from the name, or ``language``);
-    ``squad``: one file, languages from ``language``."""
+    ``squad``: one file, languages from ``language``.
+    Classification: ``xnli`` (TSV premise, hypothesis, label — or premise, hypothesis with ``labelled:
+    false`` — no header), ``pawsx`` (TSV sentence1, sentence2, label 0/1, no header), ``xcopa`` (JSONL
+    premise, choice1, choice2, question, label), each as ``<split>-<lang>.<ext>`` files in directory
+    ``path``; ``jsonl``/``csv``/``tsv``: local files with named columns (``columns``; a header row for
+    CSV/TSV); ``hf``: a Hugging Face ``datasets`` dataset (a ``save_to_disk`` directory or a hub name)."""
 
     path: str = ""
-    """File, directory or http(s) URL, relative to ``data.root`` unless absolute."""
+    """File, directory or http(s) URL, relative to ``data.root`` unless absolute. Classification generic
+    formats: a file or a pattern with ``{lang}``; ``hf``: a ``save_to_disk`` directory (may contain
+    ``{lang}``) or a hub dataset name (``xnli``)."""
 
     language: str | None = None
-    """Language of question and context for single-language files (overrides the file name)."""
+    """Language of a single-language source (overrides the file name)."""
 
     languages: list[str] | None = None
-    """For ``xquad``/``mlqa``: the languages to load (None = every language found)."""
+    """For multi-language sources: the languages to load (None = every language found; required with
+    ``{lang}`` patterns)."""
 
     pairs: str | None = None
-    """Which (question language, context language) cells to build: ``diagonal`` (monolingual), ``all``
+    """QA: which (question language, context language) cells to build: ``diagonal`` (monolingual), ``all``
     (every ordered pair: the G-XLT matrix), or a comma-separated list such as ``en-de,de-en``.
     None = the format's natural default: every cell file found for ``mlqa``, ``diagonal`` otherwise."""
 
     articles: Literal["all", "train", "eval"] = "all"
-    """Which side of the article-title split (``data.title_split``) to keep. XQuAD is parallel, so any
+    """QA: which side of the article-title split (``data.title_split``) to keep. XQuAD is parallel, so any
     use of it for training must split by article, never by question."""
 
     max_examples: int | None = None
     """Keep at most this many examples per (question, context) cell (None = all); for quick runs. With
-    ``sampling``: at most this many questions (each contributing all its sampled pairs)."""
+    ``sampling``: at most this many questions. Classification: at most this many instances per language
+    (the first, after the group split; the same instances in every language)."""
 
     sampling: SamplingConfig | None = None
-    """Cross-lingual sampling of (question, context) pairs per question (``format: xquad`` only; replaces
-    ``pairs``). None = the cells of ``pairs``."""
+    """QA: cross-lingual sampling of (question, context) pairs per question (``format: xquad`` only;
+    replaces ``pairs``). None = the cells of ``pairs``."""
+
+    split: str | None = None
+    """Classification. Built-in formats: the file-name prefix (``dev``/``test`` for XNLI, ``dev``/``test``/
+    ``train`` for PAWS-X, ``val``/``test``/``train`` for XCOPA); None = the only prefix present. ``hf``: the
+    dataset split (required for a hub name or a ``DatasetDict`` directory)."""
+
+    hf_config: str | None = None
+    """Classification, ``hf``: the dataset configuration; ``{lang}`` is replaced by each language."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    """Classification, generic formats: our field -> the dataset's column, for ``text_a``, ``text_b``,
+    ``label`` (pair tasks) or ``premise``, ``choice1``, ``choice2``, ``question``, ``label`` (choice tasks),
+    and an optional ``id``. Unmapped fields read the column of the same name."""
+
+    labels: list[str] | None = None
+    """Classification: class names in id order (None = the format's: XNLI entailment, neutral,
+    contradiction; PAWS-X 0, 1; XCOPA choice1, choice2; required for generic formats). A row's label may be
+    the name or, for integer labels, the id."""
+
+    labelled: bool = True
+    """Classification: False for sources without labels (XNLI's unlabelled test text)."""
+
+    parallel: bool | None = None
+    """Classification: the languages are row-by-row translations — checked (same row count, same ids where
+    ids exist) and given one instance uid per row. None = the format's default (built-ins: true)."""
+
+    group_by: Literal["text_a", "text_b", "premise", "id", "instance"] | None = None
+    """Classification: what defines a split group — a text of ``group_language``'s copy (XNLI, PAWS-X:
+    ``text_a``, the premise / first sentence), the row id, or the instance alone (XCOPA). None = the
+    format's default."""
+
+    group_language: str = "en"
+    """Classification, parallel sources: the language whose text keys the groups (the first if absent), so
+    every language's copy of an instance falls on the same side."""
+
+    groups: Literal["all", "train", "eval"] = "all"
+    """Classification: which side of the group split (``group_split``) to keep."""
+
+    group_split: GroupSplitConfig = field(default_factory=GroupSplitConfig)
+    """Classification: the deterministic group split."""
 
     metric: Literal["squad", "mlqa"] | None = None
     """How answers are normalised when this source is scored as an eval set: ``squad`` (the SQuAD v1.1
@@ -128,6 +216,22 @@ class SourceConfig:
         return self.metric or ("mlqa" if self.format == "mlqa" else "squad")
 
     def __post_init__(self) -> None:
+        if not self.name:
+            _fail("name", "expected a non-empty string")
+        if not self.path:
+            _fail("path", "expected a file, directory or URL")
+        if self.max_examples is not None and self.max_examples <= 0:
+            _fail("max_examples", f"expected a positive integer or null, got {self.max_examples}")
+        if self.format in CLASSIFICATION_FORMATS:
+            self._check_classification()
+        else:
+            self._check_qa()
+
+    def _check_qa(self) -> None:
+        changed = [f.name for f in dataclasses.fields(self)
+                   if f.name in _CLASSIFICATION_ONLY and getattr(self, f.name) != _default(f)]
+        if changed:
+            _fail(changed[0], f"is for classification formats {list(CLASSIFICATION_FORMATS)}, not {self.format!r}")
         if self.sampling is not None:
             if self.format != "xquad":
                 _fail("sampling", f"needs a parallel source (format: xquad), got format {self.format!r}")
@@ -136,16 +240,38 @@ class SourceConfig:
             languages = self.languages
             if self.sampling.pivot_centric and languages is not None and self.sampling.pivot not in languages:
                 _fail("sampling.pivot", f"{self.sampling.pivot!r} is not among languages {languages}")
-        if not self.name:
-            _fail("name", "expected a non-empty string")
-        if not self.path:
-            _fail("path", "expected a file, directory or URL")
-        if self.max_examples is not None and self.max_examples <= 0:
-            _fail("max_examples", f"expected a positive integer or null, got {self.max_examples}")
         if self.pairs not in (None, "diagonal", "all"):
             for cell in self.pairs.split(","):
                 if not re.fullmatch(r"[a-z]{2,3}-[a-z]{2,3}", cell.strip()):
                     _fail("pairs", f"expected 'diagonal', 'all' or 'q-c,q-c,...', got {self.pairs!r}")
+
+    def _check_classification(self) -> None:
+        for name in ("pairs", "sampling"):
+            if getattr(self, name) is not None:
+                _fail(name, f"is for QA sources; format {self.format!r} is a classification format")
+        if self.articles != "all":
+            _fail("articles", "is for QA sources; classification sources split by group ('groups', 'group_split')")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            _fail("name", f"expected letters, digits, '_', '.', '-' (it is part of example uids), got {self.name!r}")
+        unknown = sorted(set(self.columns) - set(CLASSIFICATION_FIELDS))
+        if unknown:
+            _fail(f"columns.{unknown[0]}", f"unknown field; map any of {list(CLASSIFICATION_FIELDS)} to a column")
+        if self.format in BUILTIN_CLASS_NAMES and self.columns:
+            _fail("columns", f"format {self.format!r} has fixed columns; 'columns' is for jsonl/csv/tsv/hf")
+        if self.format not in BUILTIN_CLASS_NAMES and self.labelled and not self.labels:
+            _fail("labels", f"format {self.format!r} needs the class names in id order, e.g. [negative, positive]")
+        if self.labels is not None and (not self.labels or len(set(self.labels)) != len(self.labels)):
+            _fail("labels", f"expected distinct class names, got {self.labels}")
+        if self.language is not None and self.languages is not None:
+            _fail("language", "set either 'language' (one language) or 'languages', not both")
+
+
+_CLASSIFICATION_ONLY = ("split", "hf_config", "columns", "labels", "labelled", "parallel", "group_by",
+                        "group_language", "groups", "group_split")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 @dataclass
@@ -185,12 +311,6 @@ class FeatureConfig:
         for name in ("max_length", "doc_stride", "max_query_length"):
             if getattr(self, name) <= 0:
                 _fail(name, f"expected a positive integer, got {getattr(self, name)}")
-        if self.max_query_length + self.doc_stride + 3 >= self.max_length:
-            _fail(
-                "doc_stride",
-                f"max_query_length ({self.max_query_length}) + doc_stride ({self.doc_stride}) + 3 special "
-                f"tokens must be < max_length ({self.max_length})",
-            )
 
 
 @dataclass
@@ -227,6 +347,10 @@ class DataConfig:
     re-shuffled repeat of their own samples (counted and logged) so every rank takes the same number of
     steps; ``refuse`` stops at start with an error explaining the imbalance."""
 
+    verify_checksums: bool = True
+    """Check every training shard against the sha256 in its manifest as it is read (the whole shard is read,
+    hashed, then its samples used), so a corrupt shard is refused, named, before a step trains on it."""
+
     def __post_init__(self) -> None:
         if self.samples_per_shard <= 0:
             _fail("samples_per_shard", f"expected a positive integer, got {self.samples_per_shard}")
@@ -237,8 +361,37 @@ class DataConfig:
 
 
 @dataclass
+class PromptConfig:
+    """The ``prompt`` classification head (ALSACE): a cloze template with one mask and a verbalizer."""
+
+    template: str | None = None
+    """Cloze template with ``{mask}`` exactly once and the text slots ``{text_a}``/``{text_b}`` (aliases
+    ``{premise}``/``{hypothesis}``, ``{sentence1}``/``{sentence2}``) or, for choice tasks, ``{premise}``,
+    ``{question}``, ``{choice}``. Only the slots are truncated to fit ``features.max_length`` (longest
+    first), never the template, so the mask always survives. None = the source format's default (XNLI:
+    ALSACE's "Suppose {premise} Can we infer that {hypothesis}? Yes, no or maybe? Answer: {mask}.")."""
+
+    verbalizer: dict[str, list[str]] | None = None
+    """Class name -> label words. A class's logit is the mean over its words of each word's logit at the
+    mask. None = the format's default (XNLI: yes / maybe / no; PAWS-X: no / yes; XCOPA: wrong no, right
+    yes)."""
+
+    multi_token: Literal["error", "first", "mean"] = "error"
+    """A label word that is several tokens: ``error`` (name the word), ``first`` (its first sub-token's
+    logit), ``mean`` (the mean of its sub-tokens' logits at the one mask). ALSACE's code multiplies
+    sub-token logits, which is not a score, so it is not offered."""
+
+    def __post_init__(self) -> None:
+        if self.template is not None and self.template.count("{mask}") != 1:
+            _fail("template", f"expected exactly one {{mask}}, got {self.template!r}")
+        for name, words in (self.verbalizer or {}).items():
+            if not words or any(not isinstance(w, str) or not w.strip() for w in words):
+                _fail(f"verbalizer.{name}", f"expected a non-empty list of label words, got {words}")
+
+
+@dataclass
 class ModelConfig:
-    """The QA model: a ``transformers`` architecture built from a config, or a local checkpoint."""
+    """The model: a ``transformers`` architecture built from a config, or a local checkpoint."""
 
     checkpoint: str | None = None
     """``save_pretrained`` checkpoint to start from: a local directory or a Hugging Face Hub id such as
@@ -253,6 +406,18 @@ class ModelConfig:
 
     dropout: float | None = None
     """If set, overrides hidden and attention dropout of the model config."""
+
+    head: Literal["classifier", "multiple_choice", "prompt"] = "classifier"
+    """Classification only: ``classifier`` (``AutoModelForSequenceClassification``), ``multiple_choice``
+    (``AutoModelForMultipleChoice``, choice tasks such as XCOPA) or ``prompt`` (``AutoModelForMaskedLM`` on
+    a cloze template, class logits = MLM logits at the mask gathered at the verbalizer's tokens)."""
+
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """Classification, ``head: prompt``: the template and verbalizer."""
+
+    labels: list[str] | None = None
+    """Classification: class names in id order (the classifier's ``num_labels``/``id2label``). None = those
+    of the first ``data.train`` source (else the first ``eval.sets`` source)."""
 
     def __post_init__(self) -> None:
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
@@ -320,8 +485,31 @@ class TrainConfig:
     export: bool = True
     """Write a Hugging Face ``save_pretrained`` checkpoint (safetensors) at the end."""
 
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "skip"
+    """A non-finite loss part or gradient norm: ``stop`` the run; ``skip`` the optimizer step (DeepSpeed
+    drops its non-finite gradients); ``rollback`` to the last checkpoint and go on from there. Whatever the
+    policy, more than ``max_nonfinite_steps`` such steps in a row stop the run, and no checkpoint or export
+    is ever written from a non-finite step."""
+
+    max_nonfinite_steps: int = 3
+    """Consecutive non-finite optimizer steps tolerated by ``skip``/``rollback`` before the run stops."""
+
+    collective_timeout_s: float = 300.0
+    """Seconds a collective (all-reduce, barrier, ...) waits for the other ranks before the job fails;
+    given to the process group and DeepSpeed (torch's default is 30 minutes)."""
+
+    watchdog_s: float | None = 600.0
+    """A phase of a training step (reading data, forward/backward, optimizer step, the step's all-reduce)
+    that makes no progress for this long exits the rank with a message naming rank, step and phase
+    (null disables)."""
+
+    signal_grace_s: float = 30.0
+    """After SIGTERM/SIGINT: time to finish the current optimizer step and write a checkpoint if it fits
+    (SLURM's default grace before SIGKILL is 30 s); the launcher kills what is left after it."""
+
     def __post_init__(self) -> None:
-        positive = ("micro_batch_size", "gradient_accumulation_steps", "epochs", "log_every", "keep_last")
+        positive = ("micro_batch_size", "gradient_accumulation_steps", "epochs", "log_every", "keep_last",
+                    "max_nonfinite_steps")
         for name in positive:
             if getattr(self, name) <= 0:
                 _fail(name, f"expected a positive integer, got {getattr(self, name)}")
@@ -337,6 +525,13 @@ class TrainConfig:
             _fail("adam_betas", f"expected two numbers in [0, 1), got {self.adam_betas}")
         if self.max_grad_norm < 0:
             _fail("max_grad_norm", f"expected >= 0, got {self.max_grad_norm}")
+        if not self.adam_eps > 0:
+            _fail("adam_eps", f"expected a positive number (it keeps Adam's update finite), got {self.adam_eps}")
+        for name in ("collective_timeout_s", "signal_grace_s"):
+            if not getattr(self, name) > 0:
+                _fail(name, f"expected a positive number of seconds, got {getattr(self, name)}")
+        if self.watchdog_s is not None and not self.watchdog_s > 0:
+            _fail("watchdog_s", f"expected a positive number of seconds or null, got {self.watchdog_s}")
 
 
 @dataclass
@@ -356,7 +551,11 @@ class EvalConfig:
     """Features per rank per evaluation forward pass."""
 
     heatmap: bool = True
-    """Write a G-XLT heatmap PNG (and log it to TensorBoard)."""
+    """Write a G-XLT heatmap PNG — classification: a per-language accuracy bar chart — (and log it to
+    TensorBoard)."""
+
+    pivot: str = "en"
+    """Classification: the pivot (training) language of the transfer gap, ``acc(pivot) - mean acc(others)``."""
 
     def __post_init__(self) -> None:
         for name in ("n_best", "max_answer_length", "batch_size"):
@@ -364,12 +563,149 @@ class EvalConfig:
                 _fail(name, f"expected a positive integer, got {getattr(self, name)}")
 
 
+# --------------------------------------------------------------------------------------------------
+# ALSACE (method.alsace): teacher selection, pairs, consistency loss (xdist/methods/alsace/)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SelectionConfig:
+    """Teacher-language selection (:mod:`xdist.methods.alsace.selection` has the exact rules)."""
+
+    mode: Literal["vote", "ranking", "teachers", "random"] = "vote"
+    """``vote``: majority vote of the stage-0 model on the unlabelled set (``xdist select-teachers``);
+    ``ranking``: the fixed ``ranking`` with its last ``n_students`` languages as students (the authors'
+    released code); ``teachers``: the fixed ``teachers`` list; ``random``: a seeded random split with
+    ``n_students`` students (the "no selection" ablation)."""
+
+    tie_break: Literal["probability", "lowest", "exclude"] = "probability"
+    """Tied majority votes: the tied class with the highest summed probability, the lowest class index, or
+    no pseudo-label (the instance does not count)."""
+
+    reliability: Literal["probability", "agreement"] = "probability"
+    """R_l: mean probability of the pseudo-label (the paper's "average confidence"), or the fraction of
+    instances whose argmax is the pseudo-label."""
+
+    normalise: Literal["sum", "softmax"] = "sum"
+    """S_l = R_l / Σ R (``sum``) or exp(R_l) / Σ exp(R) (``softmax``); the report names the languages the
+    other choice would move."""
+
+    comparison: Literal[">", ">="] = ">"
+    """Teachers are the languages with S_l > ξ (or >= ξ), ξ = mean S."""
+
+    ranking: list[str] | None = None
+    """``ranking`` mode: every language, most reliable first (the authors' XNLI ranking: en, fr, bg, es, de,
+    vi, ru, el, zh, th, tr, hi, ar, ur, sw)."""
+
+    n_students: int | None = None
+    """``ranking``/``random`` modes: how many languages are students (the authors' XNLI script: 8)."""
+
+    teachers: list[str] | None = None
+    """``teachers`` mode: the teacher languages, most reliable first."""
+
+    seed: int = 100
+    """``random`` mode: seed of the split."""
+
+    max_instances: int | None = None
+    """Vote on the first this many instances of the unlabelled set (None = all of them)."""
+
+    file: str | None = None
+    """The selection file ``xdist select-teachers`` writes and ``xdist prepare`` reads. None =
+    ``<train.output_dir>/selection/selection.json``. Not needed by the modes that use no model: prepare
+    computes those splits itself."""
+
+    def __post_init__(self) -> None:
+        if self.mode in ("ranking", "random") and self.n_students is None:
+            _fail("n_students", f"mode {self.mode!r} needs the number of student languages")
+        if self.mode == "ranking" and not self.ranking:
+            _fail("ranking", "mode 'ranking' needs the languages, most reliable first")
+        if self.mode == "teachers" and not self.teachers:
+            _fail("teachers", "mode 'teachers' needs the teacher languages")
+        if self.n_students is not None and self.n_students < 0:
+            _fail("n_students", f"expected an integer >= 0, got {self.n_students}")
+        if self.max_instances is not None and self.max_instances < 1:
+            _fail("max_instances", f"expected a positive integer or null, got {self.max_instances}")
+        for name in ("ranking", "teachers"):
+            for lang in getattr(self, name) or []:
+                if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z]+)?", lang):
+                    _fail(name, f"expected language codes such as 'en', got {lang!r}")
+
+
+@dataclass
+class PairsConfig:
+    """The distillation pairs ``xdist prepare`` builds (:mod:`xdist.data.parallel` has the exact rules)."""
+
+    per_pair: int = 500
+    """Parallel instances per language pair: the first this many of the unlabelled set (the authors' 500)."""
+
+    seed: int = 100
+    """Seed of the shuffle of all pairs (the authors' seed 100)."""
+
+    student_pairs: bool = True
+    """Include teacher–student pairs (False: teacher–teacher only, the paper's "students removed from the
+    distillation groups" ablation). Student–student pairs are never built."""
+
+    label_languages: list[str] = field(default_factory=lambda: ["en"])
+    """Languages whose gold labels (when the unlabelled set has any) are kept for the optional CE term
+    (``alpha_ce``); every other row is unlabelled. English only is the zero-shot setting."""
+
+    def __post_init__(self) -> None:
+        if self.per_pair < 1:
+            _fail("per_pair", f"expected a positive integer, got {self.per_pair}")
+
+
+@dataclass
+class AlsaceConfig:
+    """ALSACE (Zhao et al. 2024): selection, pairs and the consistency loss (:mod:`xdist.methods.alsace.loss`)."""
+
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    """How teacher and student languages are chosen."""
+
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    """Which parallel instance pairs are distilled."""
+
+    direction: Literal["code", "teacher_to_student"] = "code"
+    """``code``: KL(P_second ‖ P_first) with gradients into both sides (the authors' ``get_KL_loss``);
+    ``teacher_to_student``: KL(P_first ‖ P_second) with the first (higher-ranked) side detached (the
+    paper's reading)."""
+
+    divergence: Literal["kl", "jsd"] = "kl"
+    """KL, or the symmetric Jensen–Shannon divergence (the authors' commented-out variant)."""
+
+    temperature: float = 1.0
+    """Temperature T of both distributions (the authors: 1)."""
+
+    t2_scaling: bool = True
+    """Multiply the divergence by T² (no effect at T = 1)."""
+
+    alpha_kl: float = 1.0
+    """Weight of the consistency term."""
+
+    alpha_ce: float = 0.0
+    """Weight of a CE term on the rows that keep a gold label (``pairs.label_languages``); 0 = the authors'."""
+
+    level: Literal["classes", "vocab"] = "classes"
+    """Distributions compared: over the classes (verbalizer logits, the authors), or the full MLM
+    distribution at the mask (prompt head only; the vocabulary-scale kernel's use)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            _fail("temperature", f"expected a number > 0, got {self.temperature}")
+        for name in ("alpha_kl", "alpha_ce"):
+            if getattr(self, name) < 0:
+                _fail(name, f"expected a number >= 0, got {getattr(self, name)}")
+        if self.alpha_ce > 0 and self.level == "vocab":
+            _fail("alpha_ce", "the CE term reads class logits; it is not available with level 'vocab'")
+
+
 @dataclass
 class MethodConfig:
     """How a batch becomes a loss: plain span CE, or self-knowledge distillation (Carrino et al.)."""
 
-    name: Literal["ce", "skd"] = "ce"
-    """``ce``: span cross-entropy (the spine, stage 1). ``skd``: CE + KD from a frozen teacher (stage 2)."""
+    name: Literal["ce", "skd", "alsace"] = "ce"
+    """``ce``: the task's hard-label cross-entropy (the spine, stage 1). ``skd``: CE + KD from a frozen
+    teacher (Carrino et al.'s stage 2, QA). ``alsace``: cross-lingual self-distillation on parallel pairs
+    (Zhao et al., classification; settings in ``alsace``)."""
 
     teacher: Literal["self", "fixed"] = "self"
     """``self``: self-distillation in generations — at the start of every epoch after the first the
@@ -424,6 +760,10 @@ class MethodConfig:
     ever materialising the whole model; needs ``train.deepspeed`` at ZeRO stage 3. Its forward passes are
     collective (every rank runs them in step)."""
 
+    alsace: AlsaceConfig = field(default_factory=AlsaceConfig)
+    """ALSACE (``name: alsace``, and ``xdist select-teachers``): selection, pairs and the consistency loss.
+    Its own ``alpha_ce``/``alpha_kl``/``temperature`` live here, not in the fields above (which are skd's)."""
+
     def __post_init__(self) -> None:
         for name in ("alpha_ce", "alpha_kl"):
             if getattr(self, name) < 0:
@@ -468,6 +808,25 @@ class JobConfig:
 
     method: MethodConfig = field(default_factory=MethodConfig)
     """Training method (loss) and, for distillation, the teacher."""
+
+    def __post_init__(self) -> None:
+        formats = CLASSIFICATION_FORMATS if self.task == "classification" else QA_FORMATS
+        for kind, sources in (("data.train", self.data.train), ("eval.sets", self.eval.sets)):
+            for i, source in enumerate(sources):
+                if source.format not in formats:
+                    _fail(f"{kind}[{i}].format",
+                          f"task {self.task!r} reads formats {list(formats)}, got {source.format!r}; set 'task'")
+        if self.task == "classification":
+            if self.model.labels is None and (sources := self.data.train or self.eval.sets):
+                self.model.labels = list(sources[0].labels or BUILTIN_CLASS_NAMES[sources[0].format])
+            return
+        features = self.features
+        if features.max_query_length + features.doc_stride + 3 >= features.max_length:
+            _fail(
+                "features.doc_stride",
+                f"max_query_length ({features.max_query_length}) + doc_stride ({features.doc_stride}) + 3 special "
+                f"tokens must be < max_length ({features.max_length})",
+            )
 
 
 # --------------------------------------------------------------------------------------------------

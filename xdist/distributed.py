@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -86,14 +87,56 @@ def disable_deepspeed_shm_comm() -> None:
         compatible_ops["deepspeed_shm_comm"] = False
 
 
-def setup_distributed() -> DistEnv:
+def _default_group_timeout(timeout: timedelta) -> None:
+    """Make ``timeout`` the default of every process group created from now on, not just the world group.
+
+    Why: DeepSpeed builds its data-parallel groups with ``torch.distributed.new_group(ranks)``, which takes
+    torch's module default (30 minutes), not the world group's timeout, and has no option for it: a
+    stopped rank then blocked the others in a gradient reduction for the whole half hour whatever
+    ``init_process_group`` was given (measured: no timeout within 120 s with a 6 s world-group timeout).
+    ``new_group`` reads the module-level default when called, so setting it here reaches DeepSpeed's groups.
+    This pokes a torch internal; if it is gone in another version, only the world group times out.
+    """
+    from torch.distributed import distributed_c10d
+
+    for name in ("default_pg_timeout", "default_pg_nccl_timeout"):
+        if isinstance(getattr(distributed_c10d, name, None), timedelta):
+            setattr(distributed_c10d, name, timeout)
+
+
+def _restart_attempt() -> int:
+    """torchrun's restart count of this rank when it meets its peers in the launcher's store, else 0."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return 0
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def _init_restarted_group(backend: str, rank: int, world_size: int, timeout: timedelta | None) -> None:
+    """The world group of a rank restarted by torchrun (``--max-restarts``), with keys of its own attempt.
+
+    Why: the restarted ranks meet again in torchrun's store, which still holds the failed attempt's gloo
+    addresses under the same keys; the new ranks then connect to the dead ranks' ports and time out
+    (measured with torch 2.13, ``--standalone``: "connectFullMesh failed ... Connection refused"). Prefixing
+    the store with the attempt gives every attempt, and the groups DeepSpeed derives from it, fresh keys.
+    """
+    timeout = timeout or timedelta(minutes=30)
+    store = torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
+    )
+    prefixed = torch_dist.PrefixStore(f"xdist/attempt_{_restart_attempt()}/", store)
+    torch_dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world_size, timeout=timeout)
+
+
+def setup_distributed(collective_timeout_s: float | None = None) -> DistEnv:
     """Initialise the process group (once) and return this process's :class:`DistEnv`.
 
     Works in a plain single process (fills ``RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1``
     and a free ``MASTER_PORT`` where unset), under torchrun and under the ``deepspeed`` launcher.
     The backend is ``nccl`` on CUDA and ``gloo`` on CPU. On CPU it also sets
     ``DS_ACCELERATOR=cpu`` if unset and disables the shm all-reduce JIT build (see
-    :func:`disable_deepspeed_shm_comm`). Calling it again returns the same environment.
+    :func:`disable_deepspeed_shm_comm`). ``collective_timeout_s`` bounds every collective of the process
+    group (torch's default: 30 minutes), so a dead or stopped peer fails the job instead of hanging it.
+    Calling it again returns the same environment.
     """
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
         os.environ.setdefault("RANK", "0")
@@ -133,8 +176,14 @@ def setup_distributed() -> DistEnv:
     if not torch_dist.is_initialized():
         import deepspeed
 
-        # Env vars are complete, so DeepSpeed skips its MPI discovery.
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        timeout = {}
+        if collective_timeout_s is not None:
+            timeout["timeout"] = timedelta(seconds=collective_timeout_s)
+            _default_group_timeout(timeout["timeout"])
+        if _restart_attempt() > 0:
+            _init_restarted_group(backend, rank, world_size, timeout.get("timeout"))
+        # Env vars are complete, so DeepSpeed skips its MPI discovery (and adopts a group that exists).
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **timeout)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 

@@ -27,21 +27,19 @@ from __future__ import annotations
 
 import copy
 import os
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from xdist import distributed, models, weights
+from xdist import checkpoint as checkpoints
+from xdist import models, weights
 from xdist.config import TrainConfig
 from xdist.deepspeed_config import linear_schedule, resolve_deepspeed_config, teacher_inference_config, warmup_steps
 from xdist.distributed import DistEnv
 
-_CLIENT_STATE_KEY = "xdist_client_state"
-_STEP_TAG = re.compile(r"^step(\d+)$")
+_CLIENT_STATE_KEY = checkpoints.CLIENT_KEY
 
 
 def normalize_summed_loss(
@@ -213,41 +211,43 @@ class Engine:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(
-        self, directory: str | os.PathLike, step: int, client_state: dict | None = None, keep_last: int | None = None
+        self,
+        directory: str | os.PathLike,
+        step: int,
+        client_state: dict | None = None,
+        keep_last: int | None = None,
+        *,
+        run_id: str = "",
     ) -> str:
-        """Save model, optimizer, scheduler and ``client_state`` under tag ``step<step>``; all ranks call it.
+        """Commit model, optimizer, scheduler and ``client_state`` as ``<directory>/step<step>``; all ranks call it.
 
-        DeepSpeed writes per-rank files and the ``latest`` file. Then, after a barrier, rank 0 deletes
-        older ``step<N>`` tags so that at most ``keep_last`` remain (the new tag and the highest-numbered
-        others), and the ``latest`` file names the new tag. Assumes ``directory`` is shared by all ranks.
+        Atomic and verified (:func:`xdist.checkpoint.save`): written under a temporary name, fsynced,
+        hashed into a manifest, renamed, then the ``latest`` file is replaced and the run's (``run_id``)
+        older checkpoints are pruned to ``keep_last``. Assumes ``directory`` is shared by all ranks.
         Returns the tag.
         """
-        tag = f"step{step}"
+        parameters = sum(getattr(p, "ds_numel", p.numel()) for p in self.module.parameters())
         # Under one key: DeepSpeed hands back its own extra keys (param_shapes, ds_config, ...) mixed
         # with the client's on load.
         state = {_CLIENT_STATE_KEY: dict(client_state or {})}
-        self._engine.save_checkpoint(str(directory), tag=tag, client_state=state, save_latest=True)
-        distributed.barrier()
-        if self.dist.is_main:
-            if keep_last is not None:
-                prune_checkpoints(directory, keep_last=keep_last, keep=tag)
-            latest = Path(directory) / "latest"
-            if not latest.is_file() or latest.read_text().strip() != tag:
-                latest.write_text(tag)
-        distributed.barrier()
-        return tag
+        return checkpoints.save(self._engine, directory, step=step, client_state=state, keep_last=keep_last,
+                                run_id=run_id, parameters=parameters)
 
     def load_checkpoint(self, directory: str | os.PathLike, tag: str | None = None) -> dict:
-        """Restore a checkpoint saved by :meth:`save_checkpoint` (``tag`` None = ``latest``); all ranks call it.
+        """Restore a checkpoint saved by :meth:`save_checkpoint`; all ranks call it.
 
-        Returns the ``client_state`` saved with it. DeepSpeed unpickles its checkpoint files
-        (``torch.load(weights_only=False)``): load only checkpoints this project wrote.
+        ``tag`` None = the newest verified one (:func:`xdist.checkpoint.choose`: ``latest`` if it verifies,
+        else a fallback, with warnings naming what was skipped). Returns the ``client_state`` saved with it.
+        DeepSpeed unpickles its checkpoint files (``torch.load(weights_only=False)``): load only checkpoints
+        this project wrote.
         """
         directory = Path(directory)
         if tag is None:
-            tag = latest_tag(directory)
+            tag = checkpoints.choose(directory)
             if tag is None:
-                raise FileNotFoundError(f"no DeepSpeed checkpoint in {str(directory)!r} (no 'latest' file)")
+                raise FileNotFoundError(f"no verified checkpoint in {str(directory)!r}")
+        if not checkpoints.is_step_tag(tag):
+            raise ValueError(f"checkpoint tag {tag!r} is not a plain checkpoint name of the form step<N>")
         if not (directory / tag).is_dir():
             found = sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
             raise FileNotFoundError(f"checkpoint tag {tag!r} not found in {str(directory)!r} (found {found})")
@@ -314,29 +314,3 @@ class Engine:
 
         Returns the path taken (see :func:`xdist.weights.copy_partitions_into`)."""
         return weights.copy_partitions_into(self, teacher)
-
-
-def latest_tag(directory: str | os.PathLike) -> str | None:
-    """The tag named by DeepSpeed's ``latest`` file in ``directory``, or None."""
-    latest = Path(directory) / "latest"
-    if not latest.is_file():
-        return None
-    tag = latest.read_text().strip()
-    return tag or None
-
-
-def prune_checkpoints(directory: str | os.PathLike, *, keep_last: int, keep: str) -> list[str]:
-    """Delete ``step<N>`` tag directories so that ``keep_last`` remain: ``keep`` plus the highest-numbered
-    others. Returns the deleted tags. Directories not named ``step<N>`` are never touched."""
-    if keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    tags = []
-    for entry in Path(directory).iterdir():
-        match = _STEP_TAG.match(entry.name)
-        if entry.is_dir() and match and entry.name != keep:
-            tags.append((int(match.group(1)), entry.name))
-    tags.sort(reverse=True)
-    deleted = [name for _, name in tags[keep_last - 1 :]]
-    for name in deleted:
-        shutil.rmtree(Path(directory) / name)
-    return deleted

@@ -86,7 +86,19 @@ def shards_config(cfg: JobConfig) -> dict[str, Any]:
     }
     if (sets := shard_sets_needed(cfg)) > 1:
         config["epoch_sets"] = sets
+    hook = getattr(_method(cfg), "shards_config", None)
+    if hook is not None:  # a method that shapes its own samples (ALSACE's pairs) adds what decides them
+        config["method"] = hook(cfg)
     return config
+
+
+def _method(cfg: JobConfig) -> type:
+    """The job's method class (checked against the task). Imported here, at call time, because a method
+    may shape its training samples: one with ``prepare_records`` (ALSACE: pairs of parallel rows) writes
+    those instead of the task's one sample per feature, and its ``shards_config`` joins the fingerprint."""
+    from xdist.methods import method_class
+
+    return method_class(cfg.method.name, cfg.task)
 
 
 def _source_config(source) -> dict[str, Any]:
@@ -297,6 +309,8 @@ def _prepare_set(
     meta.skipped = {"per_source": {}, "notes": []}
     meta.feature_stats = {"per_source": {}}
 
+    method_records = getattr(_method(cfg), "prepare_records", None)
+
     def features():
         # A generator, so features stream into write_shards (which keeps them only encoded). It fills
         # ``meta`` as it goes; write_shards drains it before building the manifest, so meta is complete.
@@ -308,10 +322,15 @@ def _prepare_set(
             for kind, report in result.reports.items():
                 meta.feature_stats.setdefault(kind, {})[source.name] = report
             stats = task.new_feature_stats()
-            # disable=None: no bar when stderr is not a terminal (a log file gets the summary lines only).
-            examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example",
-                            disable=None if progress else True)
-            yield from task.shard_records(examples, tokenizer(), cfg.features, stats)
+            if method_records is not None:
+                records, report = method_records(cfg, task, result, tokenizer(), stats)
+                meta.feature_stats.setdefault(cfg.method.name, {})[source.name] = report
+                yield from records
+            else:
+                # disable=None: no bar when stderr is not a terminal (a log file gets the summary lines only).
+                examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example",
+                                disable=None if progress else True)
+                yield from task.shard_records(examples, tokenizer(), cfg, stats, source)
             stats_total.merge(stats)
             meta.feature_stats["per_source"][source.name] = stats.to_dict()
             log.info("source %s: %s", source.name, stats.summary())

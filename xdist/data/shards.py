@@ -256,8 +256,10 @@ def _record_fields(where: str, record: ShardRecord) -> dict[str, ArraySpec]:
             raise ShardError(f"{where}: {name} must be a numeric numpy array, got {type(array).__name__} "
                              f"{getattr(array, 'dtype', '')}")
         fields[name] = ArraySpec.of(array)
-    if "input_ids" not in fields or len(fields["input_ids"].shape) != 1 or fields["input_ids"].shape[0] <= 0:
-        raise ShardError(f"{where}: input_ids is missing or empty (every task writes token ids of shape [L])")
+    # Token ids are [L], or [..., L] with leading axes (ALSACE's pair samples: [2, L], one row per language).
+    if "input_ids" not in fields or len(fields["input_ids"].shape) < 1 or fields["input_ids"].shape[-1] <= 0:
+        raise ShardError(f"{where}: input_ids is missing or empty (every task writes token ids of shape [L] "
+                         "or [..., L])")
     return fields
 
 
@@ -384,7 +386,7 @@ def write_shards(
         total_samples=len(encoded),
         groups=dict(sorted(Counter(group for _, group, _ in encoded).items())),
         sources=dict(sorted(Counter(source for _, _, source in encoded).items())),
-        max_length=fields["input_ids"].shape[0],
+        max_length=fields["input_ids"].shape[-1],
         samples_per_shard=samples_per_shard,
         shuffle_seed=shuffle_seed,
         tokenizer_fingerprint=meta.tokenizer_fingerprint,
@@ -656,12 +658,17 @@ def _load_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def decode_sample(raw: dict[str, Any], fields: dict[str, ArraySpec]) -> ShardSample:
+def decode_sample(
+    raw: dict[str, Any], fields: dict[str, ArraySpec], bounds: dict[str, tuple[int, int]] | None = None
+) -> ShardSample:
     """Decode a raw webdataset sample (member bytes by extension) into a :class:`ShardSample`.
 
     ``fields`` is the set's :attr:`Manifest.fields`. Exactly one ``<name>.npy`` member per field plus
     ``meta.json`` are accepted, each array with its field's dtype and shape; anything else (a ``.pyd`` or
-    ``.pth`` member, say) is an error rather than something to unpickle.
+    ``.pth`` member, say) is an error rather than something to unpickle. ``bounds`` (field → half-open
+    ``[low, high)``, :func:`xdist.data.stream.value_bounds`) refuses values that would train silently wrong
+    or crash a later step (a token id outside the vocabulary, an answer position outside the sequence),
+    naming shard, sample, field and position.
     """
     key = raw.get("__key__", "?")
     where = f"{raw.get('__url__', '?')}: sample {key!r}"
@@ -688,6 +695,8 @@ def decode_sample(raw: dict[str, Any], fields: dict[str, ArraySpec]) -> ShardSam
     missing = [name for name in META_FIELDS if name not in meta] if isinstance(meta, dict) else list(META_FIELDS)
     if missing:
         raise ShardError(f"{where}: {META_MEMBER} lacks field {missing[0]!r}")
+    for name, (low, high) in (bounds or {}).items():
+        _check_range(where, name, arrays[name], low, high)
     return ShardSample(key=key, arrays=arrays, meta=meta)
 
 
@@ -696,10 +705,47 @@ def _member_set(names: tuple[str, ...]) -> frozenset[str]:
     return frozenset({*(f"{name}.npy" for name in names), META_MEMBER})
 
 
-def raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """Undecoded samples (member bytes) of the given shard files, in file order, via webdataset."""
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
-    return iter(pipeline)
+def _check_range(where: str, name: str, values: np.ndarray, low: int, high: int) -> None:
+    if values.size == 0:
+        return
+    least, most = int(values.min()), int(values.max())
+    if least >= low and most < high:
+        return
+    bad = least if least < low else most
+    position = int(np.flatnonzero(values.reshape(-1) == bad)[0])
+    at = f" at position {position}" if values.ndim else ""
+    raise ShardError(
+        f"{where}: {name} value {bad}{at} is outside [{low}, {high}) (the vocabulary of features.tokenizer for "
+        "token ids, the sequence for positions); the shard is corrupt or was written differently: re-run "
+        "`xdist prepare --overwrite`"
+    )
+
+
+def raw_samples(urls: list[str], checksums: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Undecoded samples (member bytes) of the given shard files, in file order, via webdataset.
+
+    With ``checksums`` (url → the manifest's sha256) every shard is read whole, hashed and refused on a
+    mismatch before any of its samples is yielded (:func:`verified_shard_streams`): a corrupt shard never
+    reaches a training step, at the cost of one shard's bytes in memory per reader.
+    """
+    if checksums is None:
+        return iter(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
+    files = wds.tariterators.tar_file_expander(verified_shard_streams(urls, checksums))
+    return wds.tariterators.group_by_keys(files)
+
+
+def verified_shard_streams(urls: list[str], checksums: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """``{"url", "stream"}`` of each shard, read whole and checked against its sha256 (webdataset's
+    ``url_opener`` contract)."""
+    for url in urls:
+        data = Path(url).read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != checksums[url]:
+            raise ShardError(
+                f"{url}: sha256 {actual[:16]}... differs from the manifest's {checksums[url][:16]}...: the shard "
+                "is corrupt or was changed after prepare; re-run `xdist prepare --overwrite`"
+            )
+        yield {"url": url, "stream": io.BytesIO(data)}
 
 
 def iter_samples(manifest: Manifest) -> Iterator[ShardSample]:

@@ -42,7 +42,7 @@ import math
 import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,8 @@ class StreamPlan:
     """``q``: micro-batches every slot yields per epoch."""
     shard_set: str
     """Fingerprint of the shards' names, counts and sha256: a resume must read the very same shards."""
+    checksums: dict[str, str] = field(default_factory=dict, compare=False)
+    """sha256 of every shard (by name) to verify as it is read; empty when ``data.verify_checksums`` is off."""
 
     @property
     def num_slots(self) -> int:
@@ -215,6 +217,7 @@ def make_plan(
         slot_samples=tuple(slot_samples),
         batches_per_slot=batches_per_slot,
         shard_set=json_fingerprint([[s.name, s.samples, s.sha256] for s in manifest.shards]),
+        checksums={s.name: s.sha256 for s in manifest.shards} if data.verify_checksums else {},
     )
     if data.uneven == "refuse":
         short = [(slot, n) for slot, n in enumerate(slot_samples) if math.ceil(n / micro_batch_size) < batches_per_slot]
@@ -263,13 +266,14 @@ def _slot_raw_stream(plan: StreamPlan, directory: Path, epoch: int, slot: int) -
     sizes = dict(plan.shards)
     urls = [str(directory / name) for name in names]
     expected = {str(directory / name): sizes[name] for name in names}
+    checksums = {str(directory / name): plan.checksums[name] for name in names} if plan.checksums else None
     for pass_index in itertools.count():
         rng = random.Random(f"xdist-stream/samples/{plan.seed}/{epoch}/{slot}/{pass_index}")
         order = list(urls)
         if pass_index > 0:
             rng.shuffle(order)
         shuffle = wds.shuffle(plan.shuffle_buffer, initial=plan.shuffle_buffer, rng=rng)
-        yield from shuffle(_checked_counts(raw_samples(order), expected))
+        yield from shuffle(_checked_counts(raw_samples(order, checksums), expected))
 
 
 def collate(samples: list[ShardSample]) -> Batch:
@@ -287,17 +291,38 @@ def collate(samples: list[ShardSample]) -> Batch:
     return batch
 
 
+def value_bounds(fields: dict[str, ArraySpec], vocab_size: int | None) -> dict[str, tuple[int, int]]:
+    """Half-open ranges that a set's integer fields must keep: token ids below ``vocab_size`` (when known),
+    and positions (fields named ``*_positions``, QA's answer start/end) inside the sequence of ``input_ids``.
+
+    A flipped bit in an id or a label would otherwise train silently or crash many steps later with an
+    ``IndexError`` naming no file."""
+    bounds = {}
+    if "input_ids" in fields:
+        if vocab_size is not None:
+            bounds["input_ids"] = (0, vocab_size)
+        length = fields["input_ids"].shape[-1] if fields["input_ids"].shape else None
+        for name in fields:
+            if name.endswith("_positions") and length is not None:
+                bounds[name] = (0, length)
+    return bounds
+
+
 def slot_batches(
-    plan: StreamPlan, directory: Path, fields: dict[str, ArraySpec], epoch: int, slot: int, skip_batches: int = 0
+    plan: StreamPlan, directory: Path, fields: dict[str, ArraySpec], epoch: int, slot: int, skip_batches: int = 0,
+    bounds: dict[str, tuple[int, int]] | None = None,
 ) -> Iterator[Batch]:
-    """Exactly ``plan.batches_per_slot - skip_batches`` full micro-batches of one slot in ``epoch``."""
+    """Exactly ``plan.batches_per_slot - skip_batches`` full micro-batches of one slot in ``epoch``.
+
+    Every sample is range-checked as it is decoded (``bounds``, see :func:`value_bounds`): a corrupt value is
+    refused naming shard and sample."""
     size = plan.micro_batch_size
     quota = plan.batches_per_slot * size
     raw = itertools.islice(_slot_raw_stream(plan, directory, epoch, slot), skip_batches * size, quota)
     while chunk := list(itertools.islice(raw, size)):
         if len(chunk) != size:  # cannot happen: the quota is a multiple of the batch size
             raise RuntimeError(f"slot {slot}: partial batch of {len(chunk)}")
-        yield collate([decode_sample(sample, fields) for sample in chunk])
+        yield collate([decode_sample(sample, fields, bounds) for sample in chunk])
 
 
 def _rank_workers(plan: StreamPlan, rank: int, start_step: int) -> list[tuple[int, int]]:
@@ -315,14 +340,14 @@ class _EpochDataset(IterableDataset):
     """One epoch of one rank, from ``start_step``; each DataLoader worker is one reader slot."""
 
     def __init__(self, plan: StreamPlan, directory: Path, fields: dict[str, ArraySpec], rank: int, epoch: int,
-                 start_step: int):
+                 start_step: int, bounds: dict[str, tuple[int, int]] | None = None):
         super().__init__()
-        self.plan, self.directory, self.fields = plan, directory, fields
+        self.plan, self.directory, self.fields, self.bounds = plan, directory, fields, bounds
         self.rank, self.epoch, self.start_step = rank, epoch, start_step
 
     def _reader(self, worker: int) -> Iterator[Batch]:
         slot, skip = _rank_workers(self.plan, self.rank, self.start_step)[worker]
-        return slot_batches(self.plan, self.directory, self.fields, self.epoch, slot, skip)
+        return slot_batches(self.plan, self.directory, self.fields, self.epoch, slot, skip, self.bounds)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -351,7 +376,9 @@ class TrainStream:
 
     ``num_workers`` (default ``data.num_workers``) is how many DataLoader *processes* read: 0 (in this
     process) or the plan's ``slots_per_rank``; both give the same batches in the same order.
-    ``tokenizer_path``, ``max_length`` and ``task``, when given, are checked against the manifest at start.
+    ``tokenizer_path``, ``max_length`` and ``task``, when given, are checked against the manifest at start;
+    ``vocab_size``, when given, bounds every token id read, and positions (fields named ``*_positions``) must
+    index the sequence: a value outside is refused naming shard and sample (:func:`value_bounds`).
     ``manifest_dir`` is a shard directory, or the root of per-epoch shard sets (module docstring, item 6):
     then epoch ``e`` reads set ``e mod num_shard_sets`` and its length is :meth:`batches_in_epoch`.
 
@@ -382,6 +409,7 @@ class TrainStream:
         task: str | None = None,
         num_workers: int | None = None,
         pin_memory: bool = False,
+        vocab_size: int | None = None,
     ):
         if not 0 <= rank < world_size:
             raise StreamError(f"rank {rank} is outside [0, world_size={world_size})")
@@ -424,6 +452,7 @@ class TrainStream:
                 + ("; the per-epoch shard sets allow different slot counts" if len(self.plans) > 1 else "")
             )
         self.pin_memory = pin_memory
+        self.vocab_size = vocab_size
         self._epoch, self._step = 0, 0
         self._warned_wrap = False
         for number, plan in enumerate(self.plans):
@@ -500,7 +529,8 @@ class TrainStream:
 
     def _deliver(self, epoch: int, start_step: int) -> Iterator[Batch]:
         plan, manifest = self.plan_for(epoch), self.manifest_for(epoch)
-        dataset = _EpochDataset(plan, manifest.directory, manifest.fields, self.rank, epoch, start_step)
+        dataset = _EpochDataset(plan, manifest.directory, manifest.fields, self.rank, epoch, start_step,
+                                value_bounds(manifest.fields, self.vocab_size))
         source: Any = dataset
         if self.num_workers > 0 and start_step < plan.epoch_batches:
             # Our own generator: otherwise starting the workers draws their base seed from the global torch

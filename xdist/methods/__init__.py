@@ -18,6 +18,7 @@ __all__ = ["Method", "MethodContext", "StepOutput", "build_method", "method_clas
 _METHODS: dict[str, str] = {
     "ce": "xdist.methods.ce:CrossEntropy",
     "skd": "xdist.methods.skd:SelfDistillation",
+    "alsace": "xdist.methods.alsace.method:Alsace",
 }
 """name (``method.name``) → ``"module:Class"``; imported on first use."""
 

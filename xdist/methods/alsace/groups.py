@@ -92,3 +92,40 @@ def groups_markdown(comparison: Mapping[str, Any]) -> str:
         lines.append(f"| {lang} | {entry['group']} | {number(entry['before'])} | {number(entry['after'])} | "
                      f"{number(entry['change'])} | {'–' if p is None else f'{p:.3g}'} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def compare_runs_by_group(comparison: Any, selection: Selection) -> dict[str, dict[str, Any]]:
+    """For an ``xdist compare`` result (:class:`xdist.compare.Comparison`): set → run → :func:`compare_groups`
+    of that run (after) against the baseline (before). Per-language accuracy is the set's group metric,
+    McNemar's pairs are the examples of the language present in both runs (paired by uid)."""
+    out: dict[str, dict[str, Any]] = {}
+    for set_name, set_comparison in comparison.sets.items():
+        base = set_comparison.base
+        metric, paired = base.view.group_metric, base.paired.metric
+        before = {g: scores[metric] for g, scores in base.groups.items() if metric in scores}
+        pivot = base.summary.get("pivot") or "en"
+        for run, result in set_comparison.results.items():
+            if run == set_comparison.baseline:
+                continue
+            after = {g: scores[metric] for g, scores in result.groups.items() if metric in scores}
+            correct_before: dict[str, list[bool]] = {}
+            correct_after: dict[str, list[bool]] = {}
+            for uid, scores in base.examples.items():
+                if uid in result.examples:
+                    group = base.example_groups[uid]
+                    correct_before.setdefault(group, []).append(bool(scores[paired]))
+                    correct_after.setdefault(group, []).append(bool(result.examples[uid][paired]))
+            out.setdefault(set_name, {})[run] = compare_groups(
+                before, after, selection, pivot=pivot, correct_before=correct_before, correct_after=correct_after
+            )
+    return out
+
+
+def groups_report_markdown(by_set: Mapping[str, Mapping[str, Any]], baseline: str, selection: Selection) -> str:
+    """:func:`compare_runs_by_group` as Markdown: one section per set and run."""
+    lines = [f"## Teacher and student groups (selection: {selection.mode}; teachers {', '.join(selection.teachers)};"
+             f" students {', '.join(selection.students) or '-'})", ""]  # fmt: skip
+    for set_name, runs in by_set.items():
+        for run, comparison in runs.items():
+            lines += [f"### {set_name}: {run} (after) vs {baseline} (before)", "", groups_markdown(comparison)]
+    return "\n".join(lines)

@@ -447,8 +447,8 @@ def selection_figure(selection: Selection) -> Figure:
     axes.set_xticks(range(len(order)), labels=order)
     axes.set_ylabel(f"S_l ({selection.options.get('normalise', 'sum')})")
     used = selection.vote["instances_used"]
-    axes.set_title(f"ALSACE selection ({selection.mode}): {len(selection.teachers)} teachers (blue), "
-                   f"{len(selection.students)} students; {used} instances", fontsize=9)  # fmt: skip
+    axes.set_title(f"ALSACE selection ({selection.mode}, {used} instances)\n{len(selection.teachers)} teachers "
+                   f"(blue), {len(selection.students)} students (grey)", fontsize=9)  # fmt: skip
     axes.legend(fontsize=8, loc="upper right")
     figure.tight_layout()
     return figure

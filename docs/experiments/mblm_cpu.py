@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
 from xdist.branched import branched_from_standard
+from xdist.config import SourceConfig
 from xdist.data.tokenizer import load_tokenizer
 from xdist.distributed import DistEnv
 from xdist.methods.mblm.config import BranchesConfig, MBLMConfig
 from xdist.methods.mblm.method import MBLM, model_inputs
 from xdist.methods.mblm.teachers import fingerprint, teacher_loader
 from xdist.methods.teacher_cache import MultiTeacherCache
-from xdist.tasks.classification.config import ClassificationSourceConfig
 from xdist.tasks.classification.features import collate, encode_pairs
 from xdist.tasks.classification.metrics import language_scores, mcnemar_exact
 from xdist.tasks.classification.readers import read_classification_source
@@ -49,7 +49,7 @@ SOLO = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
 def read(root: str, groups: str) -> list:
-    source = ClassificationSourceConfig(name="xnli", format="xnli", path="xnli-dev", split="dev", groups=groups)
+    source = SourceConfig(name="xnli", format="xnli", path="xnli-dev", split="dev", groups=groups)
     return read_classification_source(source, root=root).examples
 
 

@@ -1,12 +1,13 @@
-"""Small real pieces for MBLM tests: fast WordPiece tokenizers trained here (vocabularies unlike the
+"""Small real pieces for MBLM tests: fast WordPiece tokenizers built here (vocabularies unlike the
 student's), tiny BERT classifiers, a few parallel NLI-like rows in two languages."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from xdist.tasks.classification.examples import ClassificationExample
@@ -29,12 +30,26 @@ TEXTS = {
 
 
 def wordpiece(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A tiny fast WordPiece tokenizer trained on ``texts``."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    """A tiny fast WordPiece tokenizer with a vocabulary built from ``texts``: the special tokens, every
+    character seen (word-initial and ``##`` forms, so nothing is unknown), then whole words by frequency
+    (ties by the word itself) up to ``vocab_size`` entries.
+
+    Built by hand rather than with ``tokenizers``' WordPieceTrainer: the trainer breaks frequency ties in hash
+    order, which differs from process to process, so the same texts gave different vocabularies (and the
+    tests built on them different losses) in different runs."""
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = [*specials, *chars, *(f"##{c}" for c in chars)]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

@@ -90,3 +90,27 @@ def test_groups_of_an_xdist_compare_result(tmp_path):
     assert result["languages"]["sw"]["mcnemar"]["only_before"] == n_a
     assert result["languages"]["sw"]["mcnemar"]["p_value"] == pytest.approx(binomtest(n_a, n_a + n_b, 0.5).pvalue)
     assert "### xnli: alsace (after) vs stage0 (before)" in groups_report_markdown(by_set, "stage0", selection())
+
+
+def test_compare_command_with_a_selection(tmp_path, capsys):
+    """``xdist compare BEFORE AFTER --selection FILE --out DIR`` prints and writes the group view."""
+    import json
+
+    from xdist.cli import main
+    from xdist.evaluation import write_report
+    from xdist.methods.alsace.selection import write_selection
+
+    rng = np.random.default_rng(2)
+    langs = ["en", "de", "fr", "sw", "ur"]
+    for name in ("stage0", "alsace"):
+        correct = {lang: rng.integers(0, 2, 20).tolist() for lang in langs}
+        write_report({"xnli": classification_result("xnli", correct)}, tmp_path / name, heatmap=False)
+    write_selection(selection(), tmp_path / "selection")
+    status = main(["compare", str(tmp_path / "stage0"), str(tmp_path / "alsace"), "--selection",
+                   str(tmp_path / "selection" / "selection.json"), "--out", str(tmp_path / "compare")])  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "## Teacher and student groups (selection: teachers" in printed and "| students | 2 | macro |" in printed
+    written = json.loads((tmp_path / "compare" / "groups.json").read_text())
+    assert set(written["xnli"]["alsace"]["groups"]) == {"teachers", "students", "all"}
+    assert (tmp_path / "compare" / "groups.md").read_text() in printed

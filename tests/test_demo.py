@@ -29,3 +29,16 @@ def test_offline_demo_without_data_is_refused_in_one_paragraph(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("xdist demo: error")]
     assert len(errors) == 1 and "'tydiqa' is not in" in errors[0] and "offline" in errors[0], result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_second_demo_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from xdist.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "train_log.jsonl").write_text('{"step": 1}\n')
+    capsys.readouterr()
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a demo run" in err and "xdist demo --overwrite" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "runs" / "demo").iterdir()) == ["train_log.jsonl"]  # no shards

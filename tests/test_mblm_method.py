@@ -36,8 +36,8 @@ def setup(tmp_path_factory):
 
 def _method(root, teachers, mixture="uniform", **cfg):
     branches = BranchesConfig(languages=LANGS, layers=1, mixture=mixture)
-    mcfg = MBLMConfig(teachers=teachers, **cfg)
-    check_teachers(branches, mcfg)
+    mcfg = MBLMConfig(**cfg)
+    check_teachers(branches, teachers)
     rows = examples(*LANGS)
 
     def build_cache():
@@ -136,15 +136,17 @@ def test_training_lowers_the_loss_and_dirichlet_draws_resume(setup):
 
 def test_config_and_data_errors_name_the_field(setup):
     root, teachers, tokenizer = setup
-    with pytest.raises(ConfigError, match=r"method.mblm.teachers.*no teacher for .* \[.zh.\]"):
-        check_teachers(BranchesConfig(languages=["en", "de", "zh"]), MBLMConfig(teachers=teachers))
+    with pytest.raises(ConfigError, match=r"method.teachers.*no teacher for .* \[.zh.\]"):
+        check_teachers(BranchesConfig(languages=["en", "de", "zh"]), teachers)
     with pytest.raises(ConfigError, match=r"teacher\(s\) for \['de'\], which have no branch"):
-        check_teachers(BranchesConfig(languages=["en"]), MBLMConfig(teachers=teachers))
+        check_teachers(BranchesConfig(languages=["en"]), teachers)
+    with pytest.raises(ConfigError, match=r"method.teachers.*language codes as keys.*'English'"):
+        check_teachers(BranchesConfig(languages=["en"]), {"English": "x"})
     with pytest.raises(ConfigError, match="'languages': needs the supervised languages"):
         BranchesConfig()
     with pytest.raises(ConfigError, match="'mixture_weight': expected a number >= 0"):
         MBLMConfig(mixture_weight=-1)
-    with pytest.raises(ConfigError, match=r"method.mblm.teachers.de.*not a save_pretrained checkpoint"):
+    with pytest.raises(ConfigError, match=r"method.teachers.de.*not a save_pretrained checkpoint"):
         teacher_loader("de", str(root), student_tokenizer=root / "student-tokenizer", max_length=32,
                        class_names=CLASSES, device=torch.device("cpu"))()
     with pytest.raises(ConfigError, match=r"teacher has 3 classes .* the task 2"):

@@ -238,10 +238,16 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = load_config(config, overrides)
     print(f"xdist demo: data {data_dir}, tokenizer {cfg.features.tokenizer}, output {cfg.train.output_dir}",
           flush=True)
-    if args.overwrite:  # the old run goes before prepare (its shards may live inside the run directory)
-        from xdist.rundir import claim_output_dir
+    from xdist.errors import RunExistsError
+    from xdist.rundir import claim_output_dir
 
-        claim_output_dir(Path(cfg.train.output_dir), resume=False, overwrite=True, rank=0)
+    try:  # before prepare: with --overwrite the old run goes first (its shards may live inside the run directory)
+        claim_output_dir(Path(cfg.train.output_dir), resume=False, overwrite=args.overwrite, rank=0)
+    except RunExistsError:
+        raise RunExistsError(
+            f"{cfg.train.output_dir!r} already holds a demo run; nothing was changed. Run 'xdist demo --overwrite' "
+            f"to replace it, or keep it and write elsewhere with --set train.output_dir=runs/demo2"
+        ) from None
     for step in (["prepare", config, *sets, *overwrite], ["train", config, "--nproc", str(args.nproc), *sets]):
         status = main(step)
         if status:

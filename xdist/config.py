@@ -75,45 +75,133 @@ class SamplingConfig:
             _fail("pivot", f"expected a language code such as 'en', got {self.pivot!r}")
 
 
+QA_FORMATS = ("squad", "xquad", "mlqa", "tydiqa")
+"""Source formats of the ``qa`` task (SQuAD v1.1 JSON)."""
+
+CLASSIFICATION_FORMATS = ("xnli", "pawsx", "xcopa", "jsonl", "csv", "tsv", "hf")
+"""Source formats of the ``classification`` task; the first three have fixed columns and class names."""
+
+BUILTIN_CLASS_NAMES = {
+    "xnli": ["entailment", "neutral", "contradiction"],
+    "pawsx": ["0", "1"],
+    "xcopa": ["choice1", "choice2"],
+}
+"""Class names, in id order, of the classification formats with fixed columns. XNLI's order is the Hugging
+Face ``xnli`` dataset's ClassLabel order; PAWS-X's are the raw 0/1 (1 = paraphrase); XCOPA's label is the
+correct choice."""
+
+CLASSIFICATION_FIELDS = ("text_a", "text_b", "label", "id", "premise", "choice1", "choice2", "question")
+"""Our field names that ``columns`` maps to a generic classification source's column names."""
+
+
+@dataclass
+class GroupSplitConfig:
+    """Deterministic train/eval split of a classification source by *group* (XNLI: the premise shared by
+    three hypotheses), stable across languages and file order (each group's side is a hash of (seed, key))."""
+
+    eval_fraction: float = 0.25
+    """Fraction of groups held out for evaluation (in expectation: each group is decided alone)."""
+
+    seed: int = 0
+    """Seed of the split."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            _fail("eval_fraction", f"expected a number in (0, 1), got {self.eval_fraction}")
+
+
 @dataclass
 class SourceConfig:
-    """One raw QA data source: a SQuAD-v1.1-format file (or a family of them) and its languages."""
+    """One raw data source: a file or a family of per-language files (or a Hugging Face dataset).
+
+    QA formats (``squad``, ``xquad``, ``mlqa``, ``tydiqa``) use the fields up to ``sampling``;
+    classification formats (``xnli``, ``pawsx``, ``xcopa``, ``jsonl``, ``csv``, ``tsv``, ``hf``) use
+    ``language(s)``, ``max_examples`` and the fields from ``split`` on."""
 
     name: str
-    """Short name used in manifests, metrics and TensorBoard tags (``xquad``, ``tydiqa-en``)."""
+    """Short name used in manifests, metrics and TensorBoard tags (``xquad``, ``tydiqa-en``, ``xnli``)."""
 
-    format: Literal["squad", "xquad", "mlqa", "tydiqa"] = "squad"
-    """File family. All are SQuAD v1.1 JSON; they differ in how languages are found:
+    format: Literal["squad", "xquad", "mlqa", "tydiqa", "xnli", "pawsx", "xcopa", "jsonl", "csv", "tsv", "hf"] = "squad"
+    """File family. QA (SQuAD v1.1 JSON; they differ in how languages are found):
     ``xquad``: ``xquad.<lang>.json`` in directory ``path``, parallel ids across languages;
     ``mlqa``: ``*-context-<c>-question-<q>.json`` files in ``path`` (MLQA's distributed names);
     ``tydiqa``: ``tydiqa.goldp.<lang>.<split>.json`` (language from the name, or ``language``);
-    ``squad``: one file, languages from ``language``."""
+    ``squad``: one file, languages from ``language``.
+    Classification: ``xnli`` (TSV premise, hypothesis, label — or premise, hypothesis with ``labelled:
+    false`` — no header), ``pawsx`` (TSV sentence1, sentence2, label 0/1, no header), ``xcopa`` (JSONL
+    premise, choice1, choice2, question, label), each as ``<split>-<lang>.<ext>`` files in directory
+    ``path``; ``jsonl``/``csv``/``tsv``: local files with named columns (``columns``; a header row for
+    CSV/TSV); ``hf``: a Hugging Face ``datasets`` dataset (a ``save_to_disk`` directory or a hub name)."""
 
     path: str = ""
-    """File, directory or http(s) URL, relative to ``data.root`` unless absolute."""
+    """File, directory or http(s) URL, relative to ``data.root`` unless absolute. Classification generic
+    formats: a file or a pattern with ``{lang}``; ``hf``: a ``save_to_disk`` directory (may contain
+    ``{lang}``) or a hub dataset name (``xnli``)."""
 
     language: str | None = None
-    """Language of question and context for single-language files (overrides the file name)."""
+    """Language of a single-language source (overrides the file name)."""
 
     languages: list[str] | None = None
-    """For ``xquad``/``mlqa``: the languages to load (None = every language found)."""
+    """For multi-language sources: the languages to load (None = every language found; required with
+    ``{lang}`` patterns)."""
 
     pairs: str | None = None
-    """Which (question language, context language) cells to build: ``diagonal`` (monolingual), ``all``
+    """QA: which (question language, context language) cells to build: ``diagonal`` (monolingual), ``all``
     (every ordered pair: the G-XLT matrix), or a comma-separated list such as ``en-de,de-en``.
     None = the format's natural default: every cell file found for ``mlqa``, ``diagonal`` otherwise."""
 
     articles: Literal["all", "train", "eval"] = "all"
-    """Which side of the article-title split (``data.title_split``) to keep. XQuAD is parallel, so any
+    """QA: which side of the article-title split (``data.title_split``) to keep. XQuAD is parallel, so any
     use of it for training must split by article, never by question."""
 
     max_examples: int | None = None
     """Keep at most this many examples per (question, context) cell (None = all); for quick runs. With
-    ``sampling``: at most this many questions (each contributing all its sampled pairs)."""
+    ``sampling``: at most this many questions. Classification: at most this many instances per language
+    (the first, after the group split; the same instances in every language)."""
 
     sampling: SamplingConfig | None = None
-    """Cross-lingual sampling of (question, context) pairs per question (``format: xquad`` only; replaces
-    ``pairs``). None = the cells of ``pairs``."""
+    """QA: cross-lingual sampling of (question, context) pairs per question (``format: xquad`` only;
+    replaces ``pairs``). None = the cells of ``pairs``."""
+
+    split: str | None = None
+    """Classification. Built-in formats: the file-name prefix (``dev``/``test`` for XNLI, ``dev``/``test``/
+    ``train`` for PAWS-X, ``val``/``test``/``train`` for XCOPA); None = the only prefix present. ``hf``: the
+    dataset split (required for a hub name or a ``DatasetDict`` directory)."""
+
+    hf_config: str | None = None
+    """Classification, ``hf``: the dataset configuration; ``{lang}`` is replaced by each language."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    """Classification, generic formats: our field -> the dataset's column, for ``text_a``, ``text_b``,
+    ``label`` (pair tasks) or ``premise``, ``choice1``, ``choice2``, ``question``, ``label`` (choice tasks),
+    and an optional ``id``. Unmapped fields read the column of the same name."""
+
+    labels: list[str] | None = None
+    """Classification: class names in id order (None = the format's: XNLI entailment, neutral,
+    contradiction; PAWS-X 0, 1; XCOPA choice1, choice2; required for generic formats). A row's label may be
+    the name or, for integer labels, the id."""
+
+    labelled: bool = True
+    """Classification: False for sources without labels (XNLI's unlabelled test text)."""
+
+    parallel: bool | None = None
+    """Classification: the languages are row-by-row translations — checked (same row count, same ids where
+    ids exist) and given one instance uid per row. None = the format's default (built-ins: true)."""
+
+    group_by: Literal["text_a", "text_b", "premise", "id", "instance"] | None = None
+    """Classification: what defines a split group — a text of ``group_language``'s copy (XNLI, PAWS-X:
+    ``text_a``, the premise / first sentence), the row id, or the instance alone (XCOPA). None = the
+    format's default."""
+
+    group_language: str = "en"
+    """Classification, parallel sources: the language whose text keys the groups (the first if absent), so
+    every language's copy of an instance falls on the same side."""
+
+    groups: Literal["all", "train", "eval"] = "all"
+    """Classification: which side of the group split (``group_split``) to keep."""
+
+    group_split: GroupSplitConfig = field(default_factory=GroupSplitConfig)
+    """Classification: the deterministic group split."""
 
     metric: Literal["squad", "mlqa"] | None = None
     """How answers are normalised when this source is scored as an eval set: ``squad`` (the SQuAD v1.1
@@ -128,6 +216,22 @@ class SourceConfig:
         return self.metric or ("mlqa" if self.format == "mlqa" else "squad")
 
     def __post_init__(self) -> None:
+        if not self.name:
+            _fail("name", "expected a non-empty string")
+        if not self.path:
+            _fail("path", "expected a file, directory or URL")
+        if self.max_examples is not None and self.max_examples <= 0:
+            _fail("max_examples", f"expected a positive integer or null, got {self.max_examples}")
+        if self.format in CLASSIFICATION_FORMATS:
+            self._check_classification()
+        else:
+            self._check_qa()
+
+    def _check_qa(self) -> None:
+        changed = [f.name for f in dataclasses.fields(self)
+                   if f.name in _CLASSIFICATION_ONLY and getattr(self, f.name) != _default(f)]
+        if changed:
+            _fail(changed[0], f"is for classification formats {list(CLASSIFICATION_FORMATS)}, not {self.format!r}")
         if self.sampling is not None:
             if self.format != "xquad":
                 _fail("sampling", f"needs a parallel source (format: xquad), got format {self.format!r}")
@@ -136,16 +240,38 @@ class SourceConfig:
             languages = self.languages
             if self.sampling.pivot_centric and languages is not None and self.sampling.pivot not in languages:
                 _fail("sampling.pivot", f"{self.sampling.pivot!r} is not among languages {languages}")
-        if not self.name:
-            _fail("name", "expected a non-empty string")
-        if not self.path:
-            _fail("path", "expected a file, directory or URL")
-        if self.max_examples is not None and self.max_examples <= 0:
-            _fail("max_examples", f"expected a positive integer or null, got {self.max_examples}")
         if self.pairs not in (None, "diagonal", "all"):
             for cell in self.pairs.split(","):
                 if not re.fullmatch(r"[a-z]{2,3}-[a-z]{2,3}", cell.strip()):
                     _fail("pairs", f"expected 'diagonal', 'all' or 'q-c,q-c,...', got {self.pairs!r}")
+
+    def _check_classification(self) -> None:
+        for name in ("pairs", "sampling"):
+            if getattr(self, name) is not None:
+                _fail(name, f"is for QA sources; format {self.format!r} is a classification format")
+        if self.articles != "all":
+            _fail("articles", "is for QA sources; classification sources split by group ('groups', 'group_split')")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            _fail("name", f"expected letters, digits, '_', '.', '-' (it is part of example uids), got {self.name!r}")
+        unknown = sorted(set(self.columns) - set(CLASSIFICATION_FIELDS))
+        if unknown:
+            _fail(f"columns.{unknown[0]}", f"unknown field; map any of {list(CLASSIFICATION_FIELDS)} to a column")
+        if self.format in BUILTIN_CLASS_NAMES and self.columns:
+            _fail("columns", f"format {self.format!r} has fixed columns; 'columns' is for jsonl/csv/tsv/hf")
+        if self.format not in BUILTIN_CLASS_NAMES and self.labelled and not self.labels:
+            _fail("labels", f"format {self.format!r} needs the class names in id order, e.g. [negative, positive]")
+        if self.labels is not None and (not self.labels or len(set(self.labels)) != len(self.labels)):
+            _fail("labels", f"expected distinct class names, got {self.labels}")
+        if self.language is not None and self.languages is not None:
+            _fail("language", "set either 'language' (one language) or 'languages', not both")
+
+
+_CLASSIFICATION_ONLY = ("split", "hf_config", "columns", "labels", "labelled", "parallel", "group_by",
+                        "group_language", "groups", "group_split")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 @dataclass
@@ -185,12 +311,6 @@ class FeatureConfig:
         for name in ("max_length", "doc_stride", "max_query_length"):
             if getattr(self, name) <= 0:
                 _fail(name, f"expected a positive integer, got {getattr(self, name)}")
-        if self.max_query_length + self.doc_stride + 3 >= self.max_length:
-            _fail(
-                "doc_stride",
-                f"max_query_length ({self.max_query_length}) + doc_stride ({self.doc_stride}) + 3 special "
-                f"tokens must be < max_length ({self.max_length})",
-            )
 
 
 @dataclass
@@ -241,8 +361,37 @@ class DataConfig:
 
 
 @dataclass
+class PromptConfig:
+    """The ``prompt`` classification head (ALSACE): a cloze template with one mask and a verbalizer."""
+
+    template: str | None = None
+    """Cloze template with ``{mask}`` exactly once and the text slots ``{text_a}``/``{text_b}`` (aliases
+    ``{premise}``/``{hypothesis}``, ``{sentence1}``/``{sentence2}``) or, for choice tasks, ``{premise}``,
+    ``{question}``, ``{choice}``. Only the slots are truncated to fit ``features.max_length`` (longest
+    first), never the template, so the mask always survives. None = the source format's default (XNLI:
+    ALSACE's "Suppose {premise} Can we infer that {hypothesis}? Yes, no or maybe? Answer: {mask}.")."""
+
+    verbalizer: dict[str, list[str]] | None = None
+    """Class name -> label words. A class's logit is the mean over its words of each word's logit at the
+    mask. None = the format's default (XNLI: yes / maybe / no; PAWS-X: no / yes; XCOPA: wrong no, right
+    yes)."""
+
+    multi_token: Literal["error", "first", "mean"] = "error"
+    """A label word that is several tokens: ``error`` (name the word), ``first`` (its first sub-token's
+    logit), ``mean`` (the mean of its sub-tokens' logits at the one mask). ALSACE's code multiplies
+    sub-token logits, which is not a score, so it is not offered."""
+
+    def __post_init__(self) -> None:
+        if self.template is not None and self.template.count("{mask}") != 1:
+            _fail("template", f"expected exactly one {{mask}}, got {self.template!r}")
+        for name, words in (self.verbalizer or {}).items():
+            if not words or any(not isinstance(w, str) or not w.strip() for w in words):
+                _fail(f"verbalizer.{name}", f"expected a non-empty list of label words, got {words}")
+
+
+@dataclass
 class ModelConfig:
-    """The QA model: a ``transformers`` architecture built from a config, or a local checkpoint."""
+    """The model: a ``transformers`` architecture built from a config, or a local checkpoint."""
 
     checkpoint: str | None = None
     """``save_pretrained`` checkpoint to start from: a local directory or a Hugging Face Hub id such as
@@ -257,6 +406,18 @@ class ModelConfig:
 
     dropout: float | None = None
     """If set, overrides hidden and attention dropout of the model config."""
+
+    head: Literal["classifier", "multiple_choice", "prompt"] = "classifier"
+    """Classification only: ``classifier`` (``AutoModelForSequenceClassification``), ``multiple_choice``
+    (``AutoModelForMultipleChoice``, choice tasks such as XCOPA) or ``prompt`` (``AutoModelForMaskedLM`` on
+    a cloze template, class logits = MLM logits at the mask gathered at the verbalizer's tokens)."""
+
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """Classification, ``head: prompt``: the template and verbalizer."""
+
+    labels: list[str] | None = None
+    """Classification: class names in id order (the classifier's ``num_labels``/``id2label``). None = those
+    of the first ``data.train`` source (else the first ``eval.sets`` source)."""
 
     def __post_init__(self) -> None:
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
@@ -390,7 +551,11 @@ class EvalConfig:
     """Features per rank per evaluation forward pass."""
 
     heatmap: bool = True
-    """Write a G-XLT heatmap PNG (and log it to TensorBoard)."""
+    """Write a G-XLT heatmap PNG — classification: a per-language accuracy bar chart — (and log it to
+    TensorBoard)."""
+
+    pivot: str = "en"
+    """Classification: the pivot (training) language of the transfer gap, ``acc(pivot) - mean acc(others)``."""
 
     def __post_init__(self) -> None:
         for name in ("n_best", "max_answer_length", "batch_size"):
@@ -643,6 +808,25 @@ class JobConfig:
 
     method: MethodConfig = field(default_factory=MethodConfig)
     """Training method (loss) and, for distillation, the teacher."""
+
+    def __post_init__(self) -> None:
+        formats = CLASSIFICATION_FORMATS if self.task == "classification" else QA_FORMATS
+        for kind, sources in (("data.train", self.data.train), ("eval.sets", self.eval.sets)):
+            for i, source in enumerate(sources):
+                if source.format not in formats:
+                    _fail(f"{kind}[{i}].format",
+                          f"task {self.task!r} reads formats {list(formats)}, got {source.format!r}; set 'task'")
+        if self.task == "classification":
+            if self.model.labels is None and (sources := self.data.train or self.eval.sets):
+                self.model.labels = list(sources[0].labels or BUILTIN_CLASS_NAMES[sources[0].format])
+            return
+        features = self.features
+        if features.max_query_length + features.doc_stride + 3 >= features.max_length:
+            _fail(
+                "features.doc_stride",
+                f"max_query_length ({features.max_query_length}) + doc_stride ({features.doc_stride}) + 3 special "
+                f"tokens must be < max_length ({features.max_length})",
+            )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ log = logging.getLogger("xdist.eval")
 
 
 def _number(value: Any) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    """A summary value for the log: numbers to 2 decimals, labels (a worst language) as they are."""
+    return "-" if value is None else value if isinstance(value, str) else f"{value:.2f}"
 
 
 class Evaluator:

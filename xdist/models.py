@@ -141,7 +141,8 @@ def _check_checkpoint_dir(path: str) -> Path:
 
 
 def build_model(
-    cfg: ModelConfig, auto_class: Any, *, vocab_size: int, pad_token_id: int, ds_config: dict | None = None
+    cfg: ModelConfig, auto_class: Any, *, vocab_size: int, pad_token_id: int, ds_config: dict | None = None,
+    config_overrides: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """Build a model of ``auto_class`` (an ``AutoModelFor*``, chosen by the task): random init from
     ``cfg.model_type``/``cfg.architecture``, or ``cfg.checkpoint``.
@@ -154,9 +155,14 @@ def build_model(
     A checkpoint is a local directory or a Hub id (:mod:`xdist.hub` resolves it to its cached snapshot, then
     it is loaded with ``local_files_only=True``); it may be a bare encoder (e.g.
     ``BertForMaskedLM``): the task's head is then newly initialised, which is logged.
+
+    ``config_overrides`` are set on the ``transformers`` config in both cases (a classifier's
+    ``num_labels``/``id2label``/``label2id``).
     """
     if cfg.checkpoint is None:
         config = model_config(cfg, vocab_size=vocab_size, pad_token_id=pad_token_id)
+        for key, value in (config_overrides or {}).items():
+            setattr(config, key, value)
         with zero3_construction(ds_config):
             return auto_class.from_config(config)
 
@@ -167,7 +173,7 @@ def build_model(
         )
     directory = _check_checkpoint_dir(str(resolve_pretrained(cfg.checkpoint, field="model.checkpoint")))
     try:
-        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        config = AutoConfig.from_pretrained(directory, local_files_only=True, **(config_overrides or {}))
     except (OSError, ValueError) as err:
         raise _config_error("checkpoint", f"cannot read the config in {str(directory)!r}: {err}") from None
     if config.vocab_size < vocab_size:

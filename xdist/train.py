@@ -407,7 +407,7 @@ def _train(cfg: JobConfig, dist: DistEnv, *, resume: bool, stop: GracefulStop, w
             f"hparam/{name}/{key}": value
             for name, row in (metrics or {}).get("summary", {}).items()
             for key, value in row.items()
-            if value is not None
+            if isinstance(value, int | float) and not isinstance(value, bool)  # not labels (a worst language)
         }
         monitor.hparams(flatten(to_dict(cfg.train), "train.") | flatten(to_dict(cfg.model), "model."), final)
     monitor.close()

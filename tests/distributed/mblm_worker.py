@@ -81,7 +81,7 @@ def make(args, dist, ds_path: str, cache_dir: Path):
             prints[lang] = fingerprint(lang, path, args.student_tokenizer, 32, mine)
         return MultiTeacherCache.build(loaders, items, cache_dir, dist, fingerprints=prints, batch_size=2)
 
-    method = MBLM(MBLMConfig(teachers=teachers, mixture_weight=0.5, dirichlet_alpha=0.5, seed=11), branches,
+    method = MBLM(MBLMConfig(mixture_weight=0.5, dirichlet_alpha=0.5, seed=11), branches,
                   build_cache=build_cache)
     return engine, method, tokenizer
 

@@ -330,7 +330,7 @@ def _prepare_set(
                 # disable=None: no bar when stderr is not a terminal (a log file gets the summary lines only).
                 examples = tqdm(result.examples, desc=f"featurising {source.name}", unit="example",
                                 disable=None if progress else True)
-                yield from task.shard_records(examples, tokenizer(), cfg.features, stats)
+                yield from task.shard_records(examples, tokenizer(), cfg, stats, source)
             stats_total.merge(stats)
             meta.feature_stats["per_source"][source.name] = stats.to_dict()
             log.info("source %s: %s", source.name, stats.summary())

@@ -12,6 +12,7 @@ __all__ = ["EvalData", "SourceRead", "Task", "get_task", "task_names"]
 
 _TASKS: dict[str, str] = {
     "qa": "xdist.tasks.qa.task:QATask",
+    "classification": "xdist.tasks.classification.task:ClassificationTask",
 }
 """name → ``"module:Class"``; imported on first use, so a job never imports another task's code."""
 

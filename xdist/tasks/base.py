@@ -34,7 +34,7 @@ How to add a task
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-    from xdist.config import DataConfig, EvalConfig, FeatureConfig, JobConfig, ModelConfig, SourceConfig
+    from xdist.config import DataConfig, EvalConfig, JobConfig, ModelConfig, SourceConfig
     from xdist.data.shards import ShardRecord
     from xdist.evaluation.result import EvalResult
 
@@ -131,9 +131,11 @@ class Task(Protocol):
         """An empty :class:`FeatureStats` for :meth:`shard_records` to fill."""
 
     def shard_records(
-        self, examples: Sequence[Any], tokenizer: PreTrainedTokenizerFast, features: FeatureConfig, stats: Any
+        self, examples: Iterable[Any], tokenizer: PreTrainedTokenizerFast, cfg: JobConfig, stats: Any,
+        source: SourceConfig,
     ) -> Iterator[ShardRecord]:
-        """Featurise ``examples`` lazily into shard records (arrays incl. labels, group, source, meta).
+        """Featurise ``source``'s ``examples`` lazily into shard records (arrays incl. labels, group, source,
+        meta) as the job's config says (``cfg.features``; classification: ``cfg.model.head`` and its prompt).
 
         A generator: ``xdist prepare`` streams it into :func:`xdist.data.shards.write_shards`. Records of
         an invalid feature raise :class:`xdist.data.shards.ShardError` naming the example.

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xdist.config import ConfigError, ModelConfig
-from xdist.tasks.classification.config import DEFAULT_TEMPLATES, DEFAULT_VERBALIZERS, PromptConfig
+from xdist.config import ConfigError, ModelConfig, PromptConfig
 from xdist.tasks.classification.examples import ClassificationExample
 from xdist.tasks.classification.features import (
     PromptTemplate,
@@ -17,13 +16,15 @@ from xdist.tasks.classification.features import (
     encode_pairs,
     encode_prompts,
 )
+from xdist.tasks.classification.formats import DEFAULT_TEMPLATES, DEFAULT_VERBALIZERS
 from xdist.tasks.classification.heads import (
     build_classification_model,
-    build_verbalizer,
     class_logits,
-    classification_loss,
+    cross_entropy,
     mask_logits,
+    vocab_cross_entropy,
 )
+from xdist.tasks.classification.verbalizer import build_verbalizer
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 48,
         "max_position_embeddings": 64}
@@ -44,10 +45,10 @@ def examples(n=5, seed=0):
     return out
 
 
-def tiny(head, tokenizer, choice=False, **kw):
+def tiny(head, tokenizer, **kw):
     torch.manual_seed(1)
     cfg = ModelConfig(architecture=dict(TINY), **kw)
-    model = build_classification_model(cfg, head, choice=choice, class_names=XNLI_CLASSES,
+    model = build_classification_model(cfg, head, class_names=XNLI_CLASSES,
                                        vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
     return model.double().eval()
 
@@ -59,7 +60,7 @@ def tensors(batch):
 def test_verbalizer_words_round_trip_and_multi_token_rule(mbert_tokenizer):
     verbalizer = build_verbalizer(PromptConfig(verbalizer=MBERT_WORDS), None, XNLI_CLASSES, mbert_tokenizer)
     assert [mbert_tokenizer.decode([t]) for t in verbalizer.token_ids] == ["Yes", "Maybe", "No"]
-    assert verbalizer.is_gather and verbalizer.targets == verbalizer.token_ids
+    assert verbalizer.targets == verbalizer.token_ids
     with pytest.raises(ConfigError, match=r"verbalizer\.entailment.*'yes' is 2 tokens \['ye', '##s'\].*multi_token"):
         build_verbalizer(PromptConfig(), DEFAULT_VERBALIZERS["xnli"], XNLI_CLASSES, mbert_tokenizer)
     first = build_verbalizer(PromptConfig(multi_token="first"), DEFAULT_VERBALIZERS["xnli"], XNLI_CLASSES,
@@ -79,19 +80,19 @@ def test_prompt_class_logits_are_the_mlm_logits_at_the_mask(mbert_tokenizer, rul
     model = tiny("prompt", mbert_tokenizer)
     assert type(model).__name__ == "BertForMaskedLM"
     template = PromptTemplate.parse(DEFAULT_TEMPLATES["xnli"], choice=False)
-    batch = tensors(collate(encode_prompts(examples(), mbert_tokenizer, 40, template)))
     if rule == "gather":
         verbalizer = build_verbalizer(PromptConfig(verbalizer=MBERT_WORDS), None, XNLI_CLASSES, mbert_tokenizer)
     else:
         words = {"entailment": ["yes", "Yes"], "neutral": ["maybe"], "contradiction": ["no"]}
         verbalizer = build_verbalizer(PromptConfig(verbalizer=words, multi_token="mean"), None, XNLI_CLASSES,
                                       mbert_tokenizer)
+    batch = tensors(collate(encode_prompts(examples(), mbert_tokenizer, 40, template, verbalizer)))
     with torch.no_grad():
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      token_type_ids=batch["token_type_ids"]).logits  # [B, L, V]
         at_mask = full[torch.arange(5), batch["mask_positions"]]
         vocab = mask_logits(model, batch)
-        logits = class_logits(model, batch, "prompt", verbalizer)
+        logits = class_logits(model, batch)
     assert vocab.shape == (5, mbert_tokenizer.vocab_size)
     torch.testing.assert_close(vocab, at_mask, rtol=1e-12, atol=1e-12)
     if rule == "gather":
@@ -106,15 +107,16 @@ def test_prompt_class_logits_are_the_mlm_logits_at_the_mask(mbert_tokenizer, rul
 
 def test_losses_against_float64_cross_entropy(mbert_tokenizer):
     template = PromptTemplate.parse(DEFAULT_TEMPLATES["xnli"], choice=False)
-    batch = tensors(collate(encode_prompts(examples(7, seed=3), mbert_tokenizer, 40, template)))
+    verbalizer = build_verbalizer(PromptConfig(verbalizer=MBERT_WORDS), None, XNLI_CLASSES, mbert_tokenizer)
+    batch = tensors(collate(encode_prompts(examples(7, seed=3), mbert_tokenizer, 40, template, verbalizer)))
     labels = batch["labels"]
     assert (labels == -100).sum() == 1
     model = tiny("prompt", mbert_tokenizer)
-    verbalizer = build_verbalizer(PromptConfig(verbalizer=MBERT_WORDS), None, XNLI_CLASSES, mbert_tokenizer)
     with torch.no_grad():
-        loss, logits = classification_loss(model, batch, "prompt", verbalizer)
+        logits = class_logits(model, batch)
+        loss = cross_entropy(logits, batch)
         vocab = mask_logits(model, batch)
-        vocab_loss, _ = classification_loss(model, batch, "prompt", verbalizer, loss="vocab")
+        vocab_loss = vocab_cross_entropy(vocab, batch)
     keep = labels != -100
     log_p = logits.double().log_softmax(-1)[keep]
     torch.testing.assert_close(loss.double(), -log_p.gather(1, labels[keep, None]).mean(), rtol=1e-6, atol=1e-7)
@@ -127,7 +129,8 @@ def test_losses_against_float64_cross_entropy(mbert_tokenizer):
     assert classifier.config.id2label == dict(enumerate(XNLI_CLASSES))
     pairs = tensors(collate(encode_pairs(examples(7, seed=3), mbert_tokenizer, 40)))
     with torch.no_grad():
-        loss, logits = classification_loss(classifier, pairs, "classifier")
+        logits = class_logits(classifier, pairs)
+        loss = cross_entropy(logits, pairs)
         direct = classifier(**{k: pairs[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
     torch.testing.assert_close(logits.double(), direct)
     expected = F.cross_entropy(direct, pairs["labels"], ignore_index=-100)
@@ -138,18 +141,18 @@ def test_choice_tasks_score_each_choice(mbert_tokenizer):
     example = ClassificationExample(instance="c:0", language="en", text_a="The man turned on the faucet.", text_b=None,
                                     label=1, choices=("The toilet filled.", "Water flowed from the spout."),
                                     question="effect")
-    mc = tiny("classifier", mbert_tokenizer, choice=True)
+    mc = tiny("multiple_choice", mbert_tokenizer)
     assert type(mc).__name__ == "BertForMultipleChoice"
     batch = tensors(collate(encode_choice_pairs([example] * 3, mbert_tokenizer, 32)))
     with torch.no_grad():
-        assert class_logits(mc, batch, "classifier").shape == (3, 2)
+        assert class_logits(mc, batch).shape == (3, 2)
     prompt = tiny("prompt", mbert_tokenizer)
     template = PromptTemplate.parse(DEFAULT_TEMPLATES["xcopa"], choice=True)
-    batch = tensors(collate(encode_choice_prompts([example] * 3, mbert_tokenizer, 40, template)))
     verbalizer = build_verbalizer(PromptConfig(verbalizer={"wrong": ["No"], "right": ["Yes"]}), None,
                                   ["wrong", "right"], mbert_tokenizer)
+    batch = tensors(collate(encode_choice_prompts([example] * 3, mbert_tokenizer, 40, template, verbalizer)))
     with torch.no_grad():
-        scores = class_logits(prompt, batch, "prompt", verbalizer)
+        scores = class_logits(prompt, batch)
         vocab = mask_logits(prompt, batch)
         full = prompt(input_ids=batch["input_ids"][0], attention_mask=batch["attention_mask"][0],
                       token_type_ids=batch["token_type_ids"][0]).logits
@@ -163,11 +166,11 @@ def test_checkpoint_round_trip_keeps_the_logits(mbert_tokenizer, tmp_path):
     model = tiny("classifier", mbert_tokenizer).float()
     model.save_pretrained(tmp_path)
     cfg = ModelConfig(checkpoint=str(tmp_path))
-    again = build_classification_model(cfg, "classifier", choice=False, class_names=XNLI_CLASSES,
+    again = build_classification_model(cfg, "classifier", class_names=XNLI_CLASSES,
                                        vocab_size=mbert_tokenizer.vocab_size, pad_token_id=0).eval()
     batch = tensors(collate(encode_pairs(examples(), mbert_tokenizer, 32)))
     with torch.no_grad():
-        torch.testing.assert_close(class_logits(again, batch, "classifier"), class_logits(model, batch, "classifier"))
+        torch.testing.assert_close(class_logits(again, batch), class_logits(model, batch))
     with pytest.raises(ConfigError, match="model.architecture"):
         build_classification_model(ModelConfig(checkpoint=str(tmp_path), architecture={"hidden_size": 8}),
-                                   "classifier", choice=False, class_names=XNLI_CLASSES, vocab_size=10, pad_token_id=0)
+                                   "classifier", class_names=XNLI_CLASSES, vocab_size=10, pad_token_id=0)

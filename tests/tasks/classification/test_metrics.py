@@ -1,4 +1,6 @@
-"""Classification metrics against hand-computed cases, McNemar against SciPy, chart and prediction files."""
+"""Classification metrics against hand-computed cases; one set's EvalResult, report files and chart.
+McNemar's exact test against SciPy's binomial test, and through ``xdist compare`` on two classification
+results."""
 
 from __future__ import annotations
 
@@ -8,14 +10,9 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from xdist.tasks.classification.metrics import (
-    bar_chart_image,
-    disparity,
-    language_scores,
-    mcnemar_exact,
-    save_bar_chart,
-    write_predictions,
-)
+from xdist.tasks.classification.examples import ClassificationExample
+from xdist.tasks.classification.metrics import disparity, language_scores, mcnemar_exact
+from xdist.tasks.classification.scoring import score_set
 
 
 def test_disparity_by_hand():
@@ -42,40 +39,70 @@ def test_language_scores_skip_unlabelled_and_keep_order():
     assert scores.summary["transfer_gap"] == pytest.approx(200 / 3 - 50)
 
 
-def test_mcnemar_matches_scipy_binomtest():
+def test_mcnemar_exact_matches_scipy_binomtest():
     rng = np.random.default_rng(12345)
     for n in (1, 2, 7, 30, 101, 500):
         for bias in (0.5, 0.6, 0.9):
-            a = rng.random(n) < bias
-            b = rng.random(n) < 0.55
+            a, b = rng.random(n) < bias, rng.random(n) < 0.55
             result = mcnemar_exact(a, b)
             discordant = result.only_a + result.only_b
             assert result.only_a == int((a & ~b).sum()) and result.only_b == int((~a & b).sum())
             assert result.both + result.neither + discordant == n
             expected = 1.0 if discordant == 0 else binomtest(result.only_a, discordant, 0.5).pvalue
             assert result.p_value == pytest.approx(expected, rel=1e-12, abs=1e-300)
-    # Hand case: b = 0, c = 6 -> p = 2 / 2**6
-    assert mcnemar_exact([False] * 6 + [True] * 4, [True] * 10).p_value == pytest.approx(2 / 64)
-    assert mcnemar_exact([True, False], [True, False]).p_value == 1.0  # no discordant pair
+    assert mcnemar_exact([False] * 6 + [True] * 4, [True] * 10).p_value == pytest.approx(2 / 64)  # b=0, c=6
     with pytest.raises(ValueError, match="equal length"):
         mcnemar_exact([True], [True, False])
 
 
-def test_bar_chart_png_and_image(tmp_path):
-    scores = language_scores([0, 1, 1, 0, 0], [0, 1, 0, 0, 1], ["en", "en", "de", "de", "sw"])
-    image = bar_chart_image(scores, "xnli")
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
-    path = save_bar_chart(scores, tmp_path / "charts" / "xnli.png", "xnli")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def ex(i, lang, label):
+    return ClassificationExample(instance=f"s:{i}", language=lang, text_a="a", text_b="b", label=label)
 
 
-def test_prediction_files(tmp_path):
-    paths = write_predictions(tmp_path, ["i:0/en", "i:1/en", "i:0/de"], ["en", "en", "de"], [0, 2, 1],
-                              [0, 1, None], ["entailment", "neutral", "contradiction"],
-                              probabilities=np.array([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7], [0.3, 0.4, 0.3]]))
-    assert sorted(p.name for p in paths) == ["de.jsonl", "en.jsonl"]
-    en = [json.loads(line) for line in (tmp_path / "en.jsonl").read_text().splitlines()]
-    assert en[1] == {"uid": "i:1/en", "prediction": "contradiction", "label": "neutral", "correct": False,
-                     "probabilities": [0.1, 0.2, 0.7]}
-    de = json.loads((tmp_path / "de.jsonl").read_text())
-    assert de["label"] is None and de["correct"] is None
+def test_a_set_scored_by_hand_into_its_result_and_report(tmp_path):
+    from xdist.evaluation import write_report
+
+    examples = [ex(0, "en", 0), ex(1, "en", 2), ex(0, "de", 0), ex(1, "de", 1), ex(2, "de", None)]
+    logits = np.array([[2.0, 1, 0], [0, 0, 1], [0, 3, 0], [1, 1, 0], [0, 0, 5]])  # row 3: a tie -> class 0
+    scored = score_set("x", examples, logits, ["e", "n", "c"], pivot="en")
+    assert scored.predictions.tolist() == [0, 2, 1, 0, 2]
+    result = scored.result()
+    assert result.groups == {"en": {"accuracy": 100.0, "num_examples": 2}, "de": {"accuracy": 0.0, "num_examples": 2}}
+    assert result.summary["transfer_gap"] == 100.0 and result.summary["macro"] == 50.0
+    assert result.summary["worst_language"] == "de" and result.summary["num_examples"] == 4
+    assert result.examples == {"s:0/en": {"correct": 1.0}, "s:1/en": {"correct": 1.0}, "s:0/de": {"correct": 0.0},
+                               "s:1/de": {"correct": 0.0}}  # the unlabelled row is not scored
+    assert result.paired.test == "mcnemar" and result.view.group_kind == "language"
+    files = write_report(result, tmp_path)
+    assert files.heatmaps["x"].name == "x.png" and files.heatmaps["x"].parent.name == "charts"
+    de = json.loads((tmp_path / "predictions" / "x" / "de.json").read_text())
+    assert de["s:1/de"] == {"prediction": "e", "label": "n", "correct": False,
+                            "probabilities": pytest.approx([0.422319, 0.422319, 0.155362], abs=1e-6)}
+    assert de["s:2/de"]["label"] is None and de["s:2/de"]["correct"] is None
+    metrics = json.loads(files.metrics.read_text())
+    assert metrics["sets"]["x"]["task"] == "classification" and metrics["sets"]["x"]["class_names"] == ["e", "n", "c"]
+
+
+def test_two_runs_compare_with_mcnemar_per_language(tmp_path):
+    from xdist.compare import compare_reports, load_report
+    from xdist.evaluation import write_report
+
+    rng = np.random.default_rng(7)
+    examples = [ex(i, lang, int(rng.integers(3))) for lang in ("en", "de", "sw") for i in range(40)]
+    gold = np.array([e.label for e in examples])
+    runs = {}
+    for name, accuracy in (("base", 0.45), ("better", 0.75)):
+        right = rng.random(len(examples)) < accuracy
+        predictions = np.where(right, gold, (gold + 1) % 3)
+        write_report(score_set("xnli", examples, np.eye(3)[predictions], ["e", "n", "c"]).result(), tmp_path / name)
+        runs[name] = predictions == gold
+    comparison = compare_reports([load_report(tmp_path / "base"), load_report(tmp_path / "better")], per_cell=True)
+    tests = comparison.sets["xnli"].tests["better"]
+    for scope, rows in (("all", slice(None)), ("en", slice(0, 40)), ("sw", slice(80, 120))):
+        a, b = runs["base"][rows], runs["better"][rows]
+        only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+        test = tests.scopes[scope] if scope == "all" else tests.groups[scope]
+        assert test.n_nonzero == only_a + only_b
+        assert test.p_value == pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue, rel=1e-12)
+    markdown = comparison.to_markdown()
+    assert "McNemar" in markdown and "macro acc" in markdown and "| sw |" in markdown

@@ -8,14 +8,13 @@ from collections import defaultdict
 
 import pytest
 
-from xdist.config import ConfigError, build
+from xdist.config import ConfigError, GroupSplitConfig, SourceConfig, build
 from xdist.data.sources import DataError
-from xdist.tasks.classification.config import ClassificationSourceConfig
 from xdist.tasks.classification.readers import group_is_eval, read_classification_source
 
 
-def source(**raw) -> ClassificationSourceConfig:
-    return build(ClassificationSourceConfig, raw, "data.train[0]")
+def source(**raw) -> SourceConfig:
+    return build(SourceConfig, raw, "data.train[0]")
 
 
 def by_language(examples):
@@ -86,8 +85,6 @@ def test_grouped_split_never_separates_a_premise_and_is_the_same_in_every_langua
 
 
 def build_split(fraction, seed):
-    from xdist.tasks.classification.config import GroupSplitConfig
-
     return GroupSplitConfig(eval_fraction=fraction, seed=seed)
 
 
@@ -203,3 +200,12 @@ def test_config_errors_name_the_field():
         source(name="g", format="jsonl", path="x.jsonl", language="en", labels=["a"], columns={"txt": "t"})
     with pytest.raises(ConfigError, match=r"data\.train\[0\]\.columns"):
         source(name="x", format="xnli", path="d", columns={"text_a": "t"})
+
+
+def test_qa_and_classification_fields_do_not_mix():
+    with pytest.raises(ConfigError, match=r"data\.train\[0\]\.groups.*classification formats"):
+        source(name="x", format="xquad", path="d", groups="train")
+    with pytest.raises(ConfigError, match=r"data\.train\[0\]\.pairs.*QA sources"):
+        source(name="x", format="xnli", path="d", pairs="all")
+    with pytest.raises(ConfigError, match=r"data\.train\[0\]\.articles.*split by group"):
+        source(name="x", format="pawsx", path="d", articles="train")

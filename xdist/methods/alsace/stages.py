@@ -91,7 +91,7 @@ def pair_records(
     evaluation = [example for eval_source in cfg.eval.sets for example in task.read(eval_source, cfg.data).examples]
 
     def encode(examples):
-        return list(task.shard_records(examples, tokenizer, cfg.features, stats))
+        return list(task.shard_records(examples, tokenizer, cfg, stats, source))
 
     samples, report = build_pair_samples(read.examples, selection, alsace_config(cfg).pairs, encode,
                                          evaluation=evaluation, source=source.name)  # fmt: skip
@@ -141,7 +141,7 @@ def select_teachers_job(cfg: JobConfig, checkpoint: str, *, out_dir: str | None 
     languages = list(by_language)
     instances = [e.instance for e in by_language[languages[0]]]
     stats = task.new_feature_stats()
-    features = {lang: [r.arrays for r in task.shard_records(rows, tokenizer, cfg.features, stats)]
+    features = {lang: [r.arrays for r in task.shard_records(rows, tokenizer, cfg, stats, source)]
                 for lang, rows in by_language.items()}  # fmt: skip
     model = task.build_model(cfg.model, tokenizer=tokenizer, checkpoint=path).to(dist.device).eval()
     log.info("select-teachers: %d languages x %d instances of %s on %d rank(s)", len(languages), len(instances),

@@ -1,4 +1,5 @@
-"""Configuration of MBLM: ``model.branches`` (the branched student) and ``method.mblm`` (teachers, loss).
+"""Configuration of MBLM: ``model.branches`` (the branched student) and ``method.mblm`` (the loss); the teachers
+are ``method.teachers`` (``{language: checkpoint}``, checked against the branches by :func:`check_teachers`).
 
 Typed dataclasses in the style of :mod:`xdist.config` (a docstring per field, strict loading, errors naming
 the field). Every field below the abstract's sentences is a reconstruction (methods.md §B.3).
@@ -55,12 +56,7 @@ class BranchesConfig:
 
 @dataclass
 class MBLMConfig:
-    """MBLM's teachers and loss (:mod:`xdist.methods.mblm.loss` has the formula)."""
-
-    teachers: dict[str, str] = field(default_factory=dict)
-    """One monolingual teacher per supervised language: ``{language: checkpoint directory}`` — a local
-    ``save_pretrained`` sequence-classification model with the task's classes. Its tokenizer is the one
-    saved beside it (the student's ``features.tokenizer`` if the directory has none)."""
+    """MBLM's loss and teacher pass (:mod:`xdist.methods.mblm.loss` has the formula)."""
 
     temperature: float = 1.0
     """Distillation temperature T of both KD terms (scaled by T²)."""
@@ -84,9 +80,6 @@ class MBLMConfig:
     """Tokens per row for the teachers (None = ``features.max_length``)."""
 
     def __post_init__(self) -> None:
-        for lang in self.teachers:
-            if not _LANGUAGE.fullmatch(lang):
-                _fail("teachers", f"expected language codes as keys, such as 'en', got {lang!r}")
         if self.temperature <= 0:
             _fail("temperature", f"expected a number > 0, got {self.temperature}")
         for name in ("alpha_ce", "mixture_weight"):
@@ -100,13 +93,18 @@ class MBLMConfig:
             _fail("teacher_max_length", f"expected an integer >= 8 or null, got {self.teacher_max_length}")
 
 
-def check_teachers(branches: BranchesConfig, mblm: MBLMConfig) -> None:
-    """Every branch language has exactly one teacher and every teacher a branch (config error otherwise)."""
-    missing = [lang for lang in branches.languages if lang not in mblm.teachers]
-    extra = [lang for lang in mblm.teachers if lang not in branches.languages]
+def check_teachers(branches: BranchesConfig, teachers: dict[str, str]) -> None:
+    """``method.teachers``: one monolingual teacher per supervised language, ``{language: checkpoint}`` (a local
+    ``save_pretrained`` sequence-classification model with the task's classes; its tokenizer is the one saved
+    beside it, else the student's). Every branch language needs exactly one, every teacher a branch."""
+    for lang in teachers:
+        if not _LANGUAGE.fullmatch(lang):
+            _fail("method.teachers", f"expected language codes as keys, such as 'en', got {lang!r}")
+    missing = [lang for lang in branches.languages if lang not in teachers]
+    extra = [lang for lang in teachers if lang not in branches.languages]
     if missing:
-        _fail("method.mblm.teachers", f"no teacher for the supervised language(s) {missing} "
-                                      f"(model.branches.languages: {branches.languages})")
+        _fail("method.teachers", f"no teacher for the supervised language(s) {missing} "
+                                 f"(model.branches.languages: {branches.languages})")
     if extra:
-        _fail("method.mblm.teachers", f"teacher(s) for {extra}, which have no branch in model.branches.languages "
-                                      f"{branches.languages}")
+        _fail("method.teachers", f"teacher(s) for {extra}, which have no branch in model.branches.languages "
+                                 f"{branches.languages}")

@@ -26,7 +26,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def _field(language: str) -> str:
-    return f"method.mblm.teachers.{language}"
+    return f"method.teachers.{language}"
 
 
 def teacher_directory(language: str, checkpoint: str) -> Path:
@@ -34,7 +34,8 @@ def teacher_directory(language: str, checkpoint: str) -> Path:
     directory = Path(checkpoint).expanduser()
     if not (directory / "config.json").is_file():
         raise ConfigError(f"config field '{_field(language)}': {checkpoint!r} is not a save_pretrained checkpoint "
-                          f"(no config.json); train a teacher on {language} alone first (configs/mblm/ shows how)")
+                          f"(no config.json); train a sequence classifier on {language} alone first and point "
+                          "this field at its export")
     if not any(directory.glob("*.safetensors")):
         raise ConfigError(f"config field '{_field(language)}': {checkpoint!r} has a config.json but no "
                           "*.safetensors weights")

@@ -26,6 +26,7 @@ import numpy as np
 from xdist.config import ConfigError
 from xdist.data.sources import DataError
 from xdist.tasks.classification.examples import IGNORE_LABEL, ClassificationExample, ClassificationFeature
+from xdist.tasks.classification.verbalizer import Verbalizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -260,20 +261,24 @@ def _encode_prompt_rows(
 
 def encode_prompts(
     examples: Sequence[ClassificationExample], tokenizer: PreTrainedTokenizerFast, max_length: int,
-    template: PromptTemplate,
+    template: PromptTemplate, verbalizer: Verbalizer | None = None,
 ) -> list[ClassificationFeature]:
-    """Prompt-head features of pair examples: the rendered template, with ``mask_positions``."""
+    """Prompt-head features of pair examples: the rendered template, ``mask_positions`` and, given a
+    ``verbalizer``, its arrays (:meth:`~xdist.tasks.classification.verbalizer.Verbalizer.arrays`), which
+    :func:`~xdist.tasks.classification.heads.class_logits` needs (:func:`~.heads.mask_logits` does not)."""
     _check_kind(examples, choice=False)
     rows = [_slot_values(e, None) for e in examples]
     encoded = _encode_prompt_rows(rows, [e.source for e in examples], template, tokenizer, max_length)
-    return [_feature(e, arrays) for e, arrays in zip(examples, encoded, strict=True)]
+    verbal = verbalizer.arrays() if verbalizer is not None else {}
+    return [_feature(e, {**arrays, **verbal}) for e, arrays in zip(examples, encoded, strict=True)]
 
 
 def encode_choice_prompts(
     examples: Sequence[ClassificationExample], tokenizer: PreTrainedTokenizerFast, max_length: int,
-    template: PromptTemplate,
+    template: PromptTemplate, verbalizer: Verbalizer | None = None,
 ) -> list[ClassificationFeature]:
-    """Prompt-head features of choice examples: one rendered template per choice, stacked to ``[C, L]``."""
+    """Prompt-head features of choice examples: one rendered template per choice, stacked to ``[C, L]``, with
+    the (wrong, right) verbalizer's arrays when given."""
     _check_kind(examples, choice=True)
     rows, where, counts = [], [], []
     for e in examples:
@@ -281,10 +286,12 @@ def encode_choice_prompts(
         where += [e.source] * len(e.choices)
         counts.append(len(e.choices))
     encoded = _encode_prompt_rows(rows, where, template, tokenizer, max_length)
+    verbal = verbalizer.arrays() if verbalizer is not None else {}
     features, row = [], 0
     for e, count in zip(examples, counts, strict=True):
         chunk = encoded[row : row + count]
-        features.append(_feature(e, {name: np.stack([c[name] for c in chunk]) for name in chunk[0]}))
+        arrays = {name: np.stack([c[name] for c in chunk]) for name in chunk[0]}
+        features.append(_feature(e, {**arrays, **verbal}))
         row += count
     return features
 

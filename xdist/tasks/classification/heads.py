@@ -1,149 +1,55 @@
-"""The two classification heads: building the model, and the logits of a batch.
+"""The classification heads: building the model, and the logits of a batch.
 
-* ``classifier``: ``AutoModelForSequenceClassification`` (pair tasks) or ``AutoModelForMultipleChoice``
-  (choice tasks); class logits are the model's logits.
-* ``prompt`` (ALSACE, methods.md §C.2): ``AutoModelForMaskedLM`` on a cloze prompt. The encoder runs on the
-  whole prompt, but the MLM head only on the hidden state at the mask (``[B, H] -> [B, V]``; the full
-  ``[B, L, V]`` would be 4 GB for XLM-R at batch 32 x 128 tokens). Class logits are those MLM logits
-  gathered at the verbalizer's token ids (:class:`Verbalizer`). Choice tasks score each choice with a
-  binary right/wrong verbalizer: a choice's score is ``logit(right) - logit(wrong)``.
+* ``classifier``: ``AutoModelForSequenceClassification``; class logits are the model's logits.
+* ``multiple_choice`` (choice tasks such as XCOPA): ``AutoModelForMultipleChoice`` on ``[B, C, L]``.
+* ``prompt`` (ALSACE, methods.md §C.2): ``AutoModelForMaskedLM`` on a cloze prompt. The MLM head runs only
+  on the hidden state at the mask (``[B, H] -> [B, V]``; the full ``[B, L, V]`` would be 4 GB for XLM-R at
+  batch 32 x 128 tokens): :func:`enable_mask_forward` gives the model's *own* forward a ``mask_positions``
+  argument, so DeepSpeed (ZeRO-3 parameter gathering included) sees one ordinary forward call, and the
+  weights, ``save_pretrained`` and plain ``transformers`` loading are untouched. Class logits are those
+  MLM logits gathered at the verbalizer's token ids (:mod:`xdist.tasks.classification.verbalizer`). The
+  verbalizer travels *in the batch* (``verbalizer_ids [K]``, ``verbalizer_weights [C, K]`` per row, written
+  by the featuriser), so the logits of a batch need nothing but the model and the batch. Choice tasks score
+  each choice with a binary (wrong, right) verbalizer: a choice's score is ``logit(right) - logit(wrong)``.
 
 The API other methods build on (ALSACE's consistency loss, MBLM's branches)::
 
-    logits = class_logits(model, batch, head)   # [B, C] float32: classes, or choices of a choice task
-    vocab = mask_logits(model, batch)           # prompt head: [B, V] (choice tasks [B, C, V]) at the mask
+    logits = class_logits(model, batch)   # [B, C] float32: classes, or choices of a choice task
+    vocab = mask_logits(model, batch)     # prompt head only: [B, V] at the mask (choice tasks [B, C, V])
 
-``model`` is a ``transformers`` model, a DeepSpeed engine or an :class:`xdist.engine.Engine`; ``batch`` is
-a collated dict of tensors (:func:`xdist.tasks.classification.features.collate`).
+``model`` is a ``transformers`` model, a (DeepSpeed or xdist) engine or its ``forward``; ``batch`` is a
+collated dict of tensors (:func:`xdist.tasks.classification.features.collate`), already on the model's
+device or moved there with ``device=``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+import types
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForSequenceClassification,
     PreTrainedModel,
 )
+from transformers.modeling_outputs import MaskedLMOutput
 
 from xdist.config import ConfigError, ModelConfig
-from xdist.models import _apply_dropout, _check_checkpoint_dir, model_config, zero3_construction
-from xdist.tasks.classification.config import PromptConfig
+from xdist.models import build_model, load_pretrained
 from xdist.tasks.classification.examples import IGNORE_LABEL
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
-HeadName = Literal["classifier", "prompt"]
+HeadName = Literal["classifier", "multiple_choice", "prompt"]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-"""Batch fields that are model inputs (the rest are targets and metadata)."""
+"""Batch fields that are model inputs (the rest are targets, the verbalizer and metadata)."""
 
-
-# --------------------------------------------------------------------------------------------------
-# Verbalizer
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Verbalizer:
-    """Classes -> label-word token ids, and the rule that turns MLM logits at the mask into class logits.
-
-    ``class_logit[c] = mean over c's words w of word_logit(w)``, ``word_logit(w)`` = the logit of w's single
-    token, or with ``multi_token: first`` its first sub-token's, with ``mean`` the mean of its sub-tokens'.
-    Stored as ``token_ids [K]`` (the distinct ids used) and ``weights [C, K]`` (rows sum to 1); when every
-    class is one single-token word, the class logits are the gathered logits exactly (no arithmetic).
-    """
-
-    class_names: tuple[str, ...]
-    words: tuple[tuple[str, ...], ...]
-    """Label words per class."""
-    word_token_ids: tuple[tuple[tuple[int, ...], ...], ...]
-    """Token ids of each word of each class (more than one only under a multi-token rule)."""
-    multi_token: str
-    token_ids: tuple[int, ...]
-    weights: tuple[tuple[float, ...], ...]
-
-    @property
-    def is_gather(self) -> bool:
-        """Every class is exactly one single-token word: class logits = logits[:, token_ids]."""
-        return all(len(words) == 1 and len(words[0]) == 1 for words in self.word_token_ids) and len(
-            self.token_ids
-        ) == len(self.class_names)
-
-    @property
-    def targets(self) -> tuple[int, ...]:
-        """Per class, the vocabulary target of the ``vocab`` loss: its first word's first token."""
-        return tuple(words[0][0] for words in self.word_token_ids)
-
-    def class_logits(self, vocab_logits: torch.Tensor) -> torch.Tensor:
-        """``[..., V]`` MLM logits at the mask -> ``[..., C]`` class logits."""
-        ids = torch.tensor(self.token_ids, device=vocab_logits.device)
-        gathered = vocab_logits.index_select(-1, ids)
-        if self.is_gather:
-            return gathered
-        weights = torch.tensor(self.weights, dtype=gathered.dtype, device=gathered.device)
-        return gathered @ weights.T
-
-
-def build_verbalizer(
-    prompt: PromptConfig, default: dict[str, list[str]] | None, class_names: list[str],
-    tokenizer: PreTrainedTokenizerBase,
-) -> Verbalizer:
-    """Resolve ``prompt.verbalizer`` (or ``default``) against ``class_names`` and the tokenizer.
-
-    Raises :class:`ConfigError` for classes missing from or unknown to the verbalizer, and for a label word
-    that is not a single token when ``prompt.multi_token`` is ``error`` (naming the word and its pieces).
-    """
-    field = "model.prompt.verbalizer"
-    mapping = prompt.verbalizer if prompt.verbalizer is not None else default
-    if mapping is None:
-        raise ConfigError(f"config field '{field}': no default verbalizer for this source; map every class to words")
-    mapping = {str(k): list(v) for k, v in mapping.items()}
-    missing = [c for c in class_names if c not in mapping]
-    unknown = [c for c in mapping if c not in class_names]
-    if missing or unknown:
-        raise ConfigError(
-            f"config field '{field}': classes {class_names} need label words; missing {missing}, unknown {unknown}"
-        )
-    word_ids: list[tuple[tuple[int, ...], ...]] = []
-    for name in class_names:
-        per_word = []
-        for word in mapping[name]:
-            ids = tuple(tokenizer(word, add_special_tokens=False)["input_ids"])
-            if not ids:
-                raise ConfigError(f"config field '{field}.{name}': label word {word!r} has no tokens")
-            if len(ids) > 1:
-                if prompt.multi_token == "error":
-                    pieces = tokenizer.convert_ids_to_tokens(list(ids))
-                    raise ConfigError(
-                        f"config field '{field}.{name}': label word {word!r} is {len(ids)} tokens {pieces} of the "
-                        f"tokenizer; use a single-token word, or set model.prompt.multi_token: first | mean"
-                    )
-                if prompt.multi_token == "first":
-                    ids = ids[:1]
-            per_word.append(ids)
-        word_ids.append(tuple(per_word))
-    token_ids = tuple(dict.fromkeys(t for words in word_ids for ids in words for t in ids))
-    index = {t: k for k, t in enumerate(token_ids)}
-    weights = []
-    for words in word_ids:
-        row = [0.0] * len(token_ids)
-        for ids in words:
-            for t in ids:
-                row[index[t]] += 1.0 / (len(words) * len(ids))
-        weights.append(tuple(row))
-    return Verbalizer(
-        class_names=tuple(class_names), words=tuple(tuple(mapping[c]) for c in class_names),
-        word_token_ids=tuple(word_ids), multi_token=prompt.multi_token, token_ids=token_ids, weights=tuple(weights),
-    )
+PROMPT_FIELDS = ("mask_positions", "verbalizer_ids", "verbalizer_weights", "verbalizer_targets")
+"""Batch fields of the prompt head besides the model inputs."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,48 +57,37 @@ def build_verbalizer(
 # --------------------------------------------------------------------------------------------------
 
 
-def model_class(head: HeadName, choice: bool) -> type:
+def model_class(head: HeadName) -> type:
     """The ``transformers`` auto class of ``head`` (the only place the classification family names one)."""
-    if head == "prompt":
-        return AutoModelForMaskedLM
-    return AutoModelForMultipleChoice if choice else AutoModelForSequenceClassification
+    return {"classifier": AutoModelForSequenceClassification, "multiple_choice": AutoModelForMultipleChoice,
+            "prompt": AutoModelForMaskedLM}[head]
 
 
 def build_classification_model(
-    cfg: ModelConfig, head: HeadName, *, choice: bool, class_names: list[str], vocab_size: int, pad_token_id: int,
+    cfg: ModelConfig, head: HeadName, *, class_names: list[str], vocab_size: int, pad_token_id: int,
     ds_config: dict | None = None,
 ) -> PreTrainedModel:
     """Random init from ``cfg.model_type``/``cfg.architecture``, or a local ``cfg.checkpoint``, with the head's
-    auto class. Sequence classifiers get ``num_labels``, ``id2label`` and ``label2id`` from ``class_names``.
-    Under a ZeRO-3 ``ds_config`` the model is built partitioned (see :func:`xdist.models.build_model`)."""
-    auto = model_class(head, choice)
-    labels = {}
-    if head == "classifier" and not choice:
-        labels = {
-            "num_labels": len(class_names), "id2label": dict(enumerate(class_names)),
-            "label2id": {name: i for i, name in enumerate(class_names)},
-        }
-    if cfg.checkpoint is None:
-        config = model_config(cfg, vocab_size=vocab_size, pad_token_id=pad_token_id)
-        for key, value in labels.items():
-            setattr(config, key, value)
-        with zero3_construction(ds_config):
-            return auto.from_config(config)
-    if cfg.architecture:
-        raise ConfigError(
-            f"config field 'model.architecture': applies to random init only, but model.checkpoint is set "
-            f"({cfg.checkpoint!r}); remove one of them"
-        )
-    directory = _check_checkpoint_dir(cfg.checkpoint)
-    config = AutoConfig.from_pretrained(directory, local_files_only=True, **labels)
-    if config.vocab_size < vocab_size:
-        raise ConfigError(
-            f"config field 'model.checkpoint': {str(directory)!r} has vocab_size {config.vocab_size}, smaller than "
-            f"the tokenizer's {vocab_size}"
-        )
-    _apply_dropout(config, cfg.dropout)
-    with zero3_construction(ds_config):
-        return auto.from_pretrained(directory, config=config, local_files_only=True)
+    auto class (:func:`xdist.models.build_model`). Sequence classifiers get ``num_labels``, ``id2label`` and
+    ``label2id`` from ``class_names``. Under a ZeRO-3 ``ds_config`` the model is built partitioned."""
+    overrides = {}
+    if head == "classifier":
+        overrides = {"num_labels": len(class_names), "id2label": dict(enumerate(class_names)),
+                     "label2id": {name: i for i, name in enumerate(class_names)}}
+    model = build_model(cfg, model_class(head), vocab_size=vocab_size, pad_token_id=pad_token_id,
+                        ds_config=ds_config, config_overrides=overrides)
+    return _prepared(model, head)
+
+
+def load_classification_model(
+    head: HeadName, checkpoint: str | Path, *, ds_config: dict | None = None
+) -> PreTrainedModel:
+    """Exactly the model saved in ``checkpoint`` (an export, a teacher snapshot), with the head's class."""
+    return _prepared(load_pretrained(model_class(head), checkpoint, ds_config=ds_config), head)
+
+
+def _prepared(model: PreTrainedModel, head: HeadName) -> PreTrainedModel:
+    return enable_mask_forward(model) if head == "prompt" else model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,25 +95,10 @@ def build_classification_model(
 # --------------------------------------------------------------------------------------------------
 
 
-def _module(model: Any) -> nn.Module:
-    """The ``transformers`` model inside an xdist Engine / DeepSpeed engine, or ``model`` itself."""
-    while not isinstance(model, PreTrainedModel) and hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def _inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(batch[k]).to(device) for k in INPUT_NAMES if k in batch}
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 def mlm_parts(module: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(encoder, MLM head) of a ``*ForMaskedLM``: the base model, and its one other child (BERT's ``cls``,
     XLM-R's ``lm_head``). Architectures whose head is not a single module are refused, naming the type."""
-    base = module.base_model
+    base = getattr(module, "base_model", module)
     others = [child for child in module.children() if child is not base]
     if base is module or len(others) != 1:
         raise ConfigError(
@@ -229,67 +109,92 @@ def mlm_parts(module: nn.Module) -> tuple[nn.Module, nn.Module]:
     return base, others[0]
 
 
-def mask_logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
-    """MLM logits at the mask position of a prompt batch: ``[B, V]`` (choice tasks: ``[B, C, V]``).
+def _mask_forward(self: nn.Module, *args: Any, mask_positions: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    """The masked LM's forward; with ``mask_positions [N]`` the MLM head runs only at those positions and
+    ``logits`` is ``[N, V]``."""
+    if mask_positions is None:
+        return type(self).forward(self, *args, **kwargs)
+    encoder, lm_head = mlm_parts(self)
+    hidden = encoder(*args, **kwargs).last_hidden_state  # [N, L, H]
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return MaskedLMOutput(logits=lm_head(hidden[rows, mask_positions.to(hidden.device)]))  # [N, V]
 
-    Runs the encoder on the whole prompt and the MLM head on the mask's hidden state only. The logits are in
-    the model's compute dtype (bf16 under a bf16 engine).
-    """
-    module = _module(model)
-    encoder, lm_head = mlm_parts(module)
-    device = _device(module)
-    inputs = _inputs(batch, device)
-    positions = torch.as_tensor(batch["mask_positions"]).to(device)
+
+def enable_mask_forward(model: PreTrainedModel) -> PreTrainedModel:
+    """Give ``model`` (a ``*ForMaskedLM``) a ``mask_positions`` forward argument (idempotent; instance-level,
+    so its class, weights and ``save_pretrained`` output stay those of the plain model). Returns ``model``."""
+    mlm_parts(model)  # refuse unsupported architectures now, not at the first batch
+    if getattr(model.forward, "__func__", None) is not _mask_forward:
+        model.forward = types.MethodType(_mask_forward, model)
+    return model
+
+
+def _tensor(batch: dict[str, Any], name: str, device: torch.device | None) -> torch.Tensor:
+    value = torch.as_tensor(batch[name])
+    return value if device is None else value.to(device)
+
+
+def _call(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
+    if isinstance(model, PreTrainedModel):
+        enable_mask_forward(model) if "mask_positions" in inputs else None
+    return model(**inputs)
+
+
+def mask_logits(model: Any, batch: dict[str, Any], device: torch.device | None = None) -> torch.Tensor:
+    """MLM logits at the mask of a prompt batch: ``[B, V]`` (choice tasks: ``[B, C, V]``), in the model's
+    compute dtype (bf16 under a bf16 engine)."""
+    inputs = {k: _tensor(batch, k, device) for k in INPUT_NAMES if k in batch}
+    inputs["mask_positions"] = _tensor(batch, "mask_positions", device)
     choice_shape = None
-    if inputs["input_ids"].dim() == 3:  # [B, C, L]: score every choice as its own row
-        choice_shape = inputs["input_ids"].shape[:2]
+    if inputs["input_ids"].dim() == 3:  # [B, C, L]: every choice is a row of its own
+        choice_shape = tuple(inputs["input_ids"].shape[:2])
         inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
-        positions = positions.flatten()
-    hidden = encoder(**inputs).last_hidden_state  # [N, L, H]
-    at_mask = hidden[torch.arange(hidden.shape[0], device=device), positions]  # [N, H]
-    logits = lm_head(at_mask)  # [N, V]
-    return logits if choice_shape is None else logits.unflatten(0, tuple(choice_shape))
+    logits = _call(model, inputs).logits  # [N, V]
+    return logits if choice_shape is None else logits.unflatten(0, choice_shape)
 
 
-def class_logits(
-    model: Any, batch: dict[str, Any], head: HeadName, verbalizer: Verbalizer | None = None
-) -> torch.Tensor:
-    """Class logits ``[B, C]`` (float32) of ``batch``: the classifier's logits, or the prompt head's MLM logits
-    at the mask gathered by ``verbalizer``; for choice tasks one score per choice."""
-    if head == "prompt":
-        if verbalizer is None:
-            raise ValueError("the prompt head needs its verbalizer")
-        vocab = mask_logits(model, batch)
-        logits = verbalizer.class_logits(vocab.float())
-        if vocab.dim() == 3:  # choices: P(right) - P(wrong) in logit space
-            if len(verbalizer.class_names) != 2:
+def verbalize(vocab: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Class logits from MLM logits at the mask: ``vocab [B, V]`` (or ``[B, C', V]``), per-row verbalizer
+    ``ids [B, K]`` and ``weights [B, C, K]`` -> ``[B, C]`` (``[B, C', C]``), in float32."""
+    vocab = vocab.float()
+    ids = ids.to(vocab.device)
+    weights = weights.to(vocab.device, torch.float32)
+    if vocab.dim() == 3:
+        gathered = vocab.gather(-1, ids[:, None, :].expand(-1, vocab.shape[1], -1))  # [B, C', K]
+        return torch.einsum("bjk,bck->bjc", gathered, weights)
+    return torch.einsum("bk,bck->bc", vocab.gather(-1, ids), weights)
+
+
+def class_logits(model: Any, batch: dict[str, Any], device: torch.device | None = None) -> torch.Tensor:
+    """Class logits ``[B, C]`` (float32) of ``batch``: the classifier's logits, or (a batch with
+    ``mask_positions``) the prompt head's MLM logits at the mask through the batch's verbalizer; for choice
+    tasks one score per choice."""
+    if "mask_positions" in batch:
+        vocab = mask_logits(model, batch, device)
+        logits = verbalize(vocab, _tensor(batch, "verbalizer_ids", None), _tensor(batch, "verbalizer_weights", None))
+        if vocab.dim() == 3:  # choices: right minus wrong, in logit space
+            if logits.shape[-1] != 2:
                 raise ConfigError(
                     "config field 'model.prompt.verbalizer': choice tasks need two classes [wrong, right]"
                 )
             logits = logits[..., 1] - logits[..., 0]
         return logits
-    module = _module(model)
-    outputs = model(**_inputs(batch, _device(module)))
-    return outputs.logits.float()
+    inputs = {k: _tensor(batch, k, device) for k in INPUT_NAMES if k in batch}
+    return _call(model, inputs).logits.float()
 
 
-def classification_loss(
-    model: Any, batch: dict[str, Any], head: HeadName, verbalizer: Verbalizer | None = None, loss: str = "classes"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard-label loss of a batch (mean over labelled rows) and its class logits ``[B, C]``.
+def cross_entropy(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Hard-label cross-entropy of class logits ``[B, C]``: the mean over labelled rows (unlabelled rows carry
+    :data:`IGNORE_LABEL`)."""
+    labels = torch.as_tensor(batch["labels"]).to(logits.device)
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL)
 
-    ``loss``: ``classes`` (cross-entropy over the class logits) or, for a pair task's prompt head, ``vocab``
-    (cross-entropy over the whole vocabulary at the mask, target the gold class's first label token).
-    """
-    labels = torch.as_tensor(batch["labels"])
-    if head == "prompt" and loss == "vocab":
-        assert verbalizer is not None
-        vocab = mask_logits(model, batch).float()
-        if vocab.dim() != 2:
-            raise ConfigError("config field 'model.prompt.loss': 'vocab' is for pair tasks; use 'classes'")
-        labels = labels.to(vocab.device)
-        targets = torch.tensor(verbalizer.targets, device=vocab.device)[labels.clamp(min=0)]
-        targets = torch.where(labels == IGNORE_LABEL, torch.full_like(targets, IGNORE_LABEL), targets)
-        return F.cross_entropy(vocab, targets, ignore_index=IGNORE_LABEL), verbalizer.class_logits(vocab)
-    logits = class_logits(model, batch, head, verbalizer)
-    return F.cross_entropy(logits, labels.to(logits.device), ignore_index=IGNORE_LABEL), logits
+
+def vocab_cross_entropy(vocab: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """ALSACE's stage-0 loss: cross-entropy over the whole vocabulary at the mask (``vocab [B, V]`` from
+    :func:`mask_logits`), target the gold class's first label token (``verbalizer_targets``)."""
+    labels = torch.as_tensor(batch["labels"]).to(vocab.device)
+    targets = torch.as_tensor(batch["verbalizer_targets"]).to(vocab.device)  # [B, C]
+    gold = targets.gather(1, labels.clamp(min=0)[:, None])[:, 0]
+    gold = torch.where(labels == IGNORE_LABEL, torch.full_like(gold, IGNORE_LABEL), gold)
+    return F.cross_entropy(vocab.float(), gold, ignore_index=IGNORE_LABEL)

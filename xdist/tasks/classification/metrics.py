@@ -1,4 +1,4 @@
-"""Cross-lingual classification metrics, McNemar's test, the per-language bar chart and prediction files.
+"""Cross-lingual classification metrics: accuracy per language and its disparity over languages.
 
 Definitions (over the languages of one evaluation set, accuracies in percent):
 
@@ -8,18 +8,16 @@ Definitions (over the languages of one evaluation set, accuracies in percent):
   or without another language.
 * ``std``: the population standard deviation (``ddof=0``) of the per-language accuracies; ``max_min``: the
   highest minus the lowest; ``worst_language``: the lowest (ties: the first in language order).
-* McNemar's exact test on paired correctness of two systems over the same examples: with ``b`` = examples
-  only A gets right and ``c`` = only B gets right, ``p = min(1, 2 * BinomCDF(min(b, c); b + c, 1/2))``
-  (the two-sided exact binomial test of ``b`` successes in ``b + c`` trials; 1 when ``b + c = 0``).
+
+:func:`mcnemar_exact` tests two systems' paired correctness vectors (``xdist compare`` runs the same test on
+uid-keyed scores, :func:`xdist.compare.mcnemar_paired`); the bar chart is
+:func:`xdist.evaluation.report.bar_figure`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,7 +97,9 @@ class McNemar:
 
 
 def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNemar:
-    """McNemar's exact (binomial) test on paired correctness vectors of equal length."""
+    """McNemar's exact (binomial) test on paired correctness vectors of equal length:
+    ``p = min(1, 2 * BinomCDF(min(b, c); b + c, 1/2))`` with ``b``/``c`` the examples only A/only B gets
+    right (1 when ``b + c = 0``). The same test as :func:`xdist.compare.mcnemar_paired`, on vectors."""
     a = np.asarray(correct_a, dtype=bool)
     b = np.asarray(correct_b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
@@ -108,78 +108,3 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNem
     n = only_a + only_b
     p = 1.0 if n == 0 else float(min(1.0, 2.0 * binom.cdf(min(only_a, only_b), n, 0.5)))
     return McNemar(only_a, only_b, int((a & b).sum()), int((~a & ~b).sum()), p)
-
-
-# --------------------------------------------------------------------------------------------------
-# Figures and files
-# --------------------------------------------------------------------------------------------------
-
-
-def bar_chart_figure(scores: LanguageScores, title: str = "") -> Any:
-    """A matplotlib Figure (Agg canvas, no pyplot state): one bar per language, the pivot highlighted, the
-    macro average as a dashed line, the worst language in red, the numbers on the bars."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    langs = list(scores.accuracy)
-    values = [scores.accuracy[lang] for lang in langs]
-    figure = Figure(figsize=(max(4.0, 0.55 * len(langs) + 1.5), 3.6), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    worst = scores.summary.get("worst_language")
-    colours = ["tab:orange" if lang == scores.pivot else "tab:red" if lang == worst else "tab:blue" for lang in langs]
-    bars = axes.bar(langs, values, color=colours)
-    for bar, value in zip(bars, values, strict=True):
-        axes.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.1f}", ha="center", va="bottom", fontsize=7)
-    macro = scores.summary.get("macro")
-    if macro is not None:
-        axes.axhline(macro, color="black", linestyle="--", linewidth=1, label=f"macro {macro:.1f}")
-        axes.legend(loc="lower right", fontsize=7)
-    gap = scores.summary.get("transfer_gap")
-    subtitle = f"gap ({scores.pivot} − others) {gap:.1f}, " if gap is not None else ""
-    subtitle += f"max−min {scores.summary.get('max_min', 0.0):.1f}"
-    axes.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=9)
-    axes.set_ylabel("accuracy (%)")
-    axes.set_ylim(0, 100)
-    figure.tight_layout()
-    return figure
-
-
-def bar_chart_image(scores: LanguageScores, title: str = "") -> np.ndarray:
-    """The bar chart as an ``[H, W, 3]`` uint8 array (TensorBoard's ``add_image(..., dataformats="HWC")``)."""
-    figure = bar_chart_figure(scores, title)
-    figure.canvas.draw()
-    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-
-
-def save_bar_chart(scores: LanguageScores, path: str | os.PathLike, title: str = "") -> Path:
-    """Write the bar chart PNG to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bar_chart_figure(scores, title).savefig(path)
-    return path
-
-
-def write_predictions(
-    directory: str | os.PathLike, uids: Sequence[str], languages: Sequence[str], predictions: Sequence[int],
-    labels: Sequence[int | None], class_names: Sequence[str], probabilities: np.ndarray | None = None,
-) -> list[Path]:
-    """One ``<language>.jsonl`` per language: ``{"uid", "prediction", "label", "correct"}`` per example (class
-    names; ``label``/``correct`` null when unlabelled), plus ``probabilities`` when given. Returns the files."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    lines: dict[str, list[str]] = {}
-    for i, (uid, lang, pred, gold) in enumerate(zip(uids, languages, predictions, labels, strict=True)):
-        record: dict[str, Any] = {
-            "uid": uid, "prediction": class_names[pred], "label": None if gold is None else class_names[gold],
-            "correct": None if gold is None else bool(pred == gold),
-        }
-        if probabilities is not None:
-            record["probabilities"] = [round(float(p), 6) for p in probabilities[i]]
-        lines.setdefault(lang, []).append(json.dumps(record, ensure_ascii=False))
-    paths = []
-    for lang, rows in lines.items():
-        path = directory / f"{lang}.jsonl"
-        path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-        paths.append(path)
-    return paths

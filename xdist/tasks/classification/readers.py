@@ -1,6 +1,6 @@
 """Readers of cross-lingual classification sources: XNLI, PAWS-X, XCOPA, local JSONL/CSV/TSV, Hugging Face.
 
-What every reader guarantees (see :class:`~xdist.tasks.classification.config.ClassificationSourceConfig`):
+What every reader guarantees (see :class:`xdist.config.SourceConfig`):
 
 * **Parallelism is checked, not assumed.** A parallel source must have the same number of rows in every
   language and, where rows have ids, the same id on the same row; otherwise :class:`DataError` names the
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xdist.config import GroupSplitConfig, SourceConfig
 from xdist.data.sources import DataError, SkipReport, resolve_path
-from xdist.tasks.classification.config import ClassificationSourceConfig, GroupSplitConfig
+from xdist.tasks.classification import formats
 from xdist.tasks.classification.examples import ClassificationExample
 
 _BUILTIN_FILES = {"xnli": "tsv", "pawsx": "tsv", "xcopa": "jsonl"}
@@ -161,7 +162,7 @@ def _read_delimited(path: Path, delimiter: str) -> list[_Row]:
     return rows
 
 
-def _load_hf(source: ClassificationSourceConfig, location: str, language: str) -> tuple[str, Any]:
+def _load_hf(source: SourceConfig, location: str, language: str) -> tuple[str, Any]:
     """A ``datasets.Dataset`` for one language: a ``save_to_disk`` directory, else a hub dataset."""
     import datasets
 
@@ -201,11 +202,11 @@ def _hf_rows(label: str, dataset: Any) -> list[_Row]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _fail(source: ClassificationSourceConfig, message: str) -> DataError:
+def _fail(source: SourceConfig, message: str) -> DataError:
     return DataError(f"source '{source.name}' (format {source.format}): {message}")
 
 
-def _builtin_tables(source: ClassificationSourceConfig, root: str | None) -> list[_Table]:
+def _builtin_tables(source: SourceConfig, root: str | None) -> list[_Table]:
     ext = _BUILTIN_FILES[source.format]
     directory = resolve_path(source.path, root)
     if not directory.is_dir():
@@ -240,7 +241,7 @@ def _builtin_tables(source: ClassificationSourceConfig, root: str | None) -> lis
     return tables
 
 
-def _generic_tables(source: ClassificationSourceConfig, root: str | None) -> list[_Table]:
+def _generic_tables(source: SourceConfig, root: str | None) -> list[_Table]:
     langs = source.languages or ([source.language] if source.language else [])
     if "{lang}" in source.path or (source.format == "hf" and "{lang}" in (source.hf_config or "")):
         if not source.languages:
@@ -270,14 +271,14 @@ def _generic_tables(source: ClassificationSourceConfig, root: str | None) -> lis
 # --------------------------------------------------------------------------------------------------
 
 
-def _field_columns(source: ClassificationSourceConfig) -> dict[str, str]:
+def _field_columns(source: SourceConfig) -> dict[str, str]:
     """Our field -> the raw row's key."""
     if source.format == "xcopa":
         return {"premise": "premise", "choice1": "choice1", "choice2": "choice2", "question": "question",
                 "label": "label", "id": "idx"}
     if source.format in _BUILTIN_COLUMNS:
         return {name: name for name in _BUILTIN_COLUMNS[source.format]}
-    wanted = (*(_CHOICE_FIELDS if source.is_choice else _PAIR_FIELDS), "label", "id")
+    wanted = (*(_CHOICE_FIELDS if formats.is_choice(source) else _PAIR_FIELDS), "label", "id")
     return {name: source.columns.get(name, name) for name in wanted}
 
 
@@ -315,14 +316,14 @@ def _label(values: dict, column: str, names: list[str], where: str) -> int:
     raise _BadRow("unknown_label", f"{where}: unknown label {raw!r}; expected one of {names} (or their ids)")
 
 
-def _fields(source: ClassificationSourceConfig, row: _Row, columns: dict[str, str]) -> _Fields:
+def _fields(source: SourceConfig, row: _Row, columns: dict[str, str]) -> _Fields:
     if row.bad is not None:
         raise row.bad
     values, where = row.values or {}, row.where
-    label = _label(values, columns["label"], source.class_names, where) if source.labelled else None
+    label = _label(values, columns["label"], formats.class_names(source), where) if source.labelled else None
     raw_id = values.get(columns["id"]) if columns.get("id") in values else None
     row_id = None if raw_id is None else str(raw_id)
-    if source.is_choice:
+    if formats.is_choice(source):
         premise = _text(values, columns["premise"], where, "premise")
         choices = tuple(_text(values, columns[c], where, c) for c in ("choice1", "choice2"))
         question = _text(values, columns["question"], where, "question")
@@ -337,7 +338,7 @@ def _fields(source: ClassificationSourceConfig, row: _Row, columns: dict[str, st
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_parallel(source: ClassificationSourceConfig, tables: list[_Table]) -> None:
+def _check_parallel(source: SourceConfig, tables: list[_Table]) -> None:
     reference = tables[0]
     for table in tables[1:]:
         if len(table.rows) != len(reference.rows):
@@ -348,7 +349,7 @@ def _check_parallel(source: ClassificationSourceConfig, tables: list[_Table]) ->
             )
 
 
-def _check_ids(source: ClassificationSourceConfig, fields: list[list[_Fields | _BadRow]], tables: list[_Table]) -> None:
+def _check_ids(source: SourceConfig, fields: list[list[_Fields | _BadRow]], tables: list[_Table]) -> None:
     """Row i has the same id in every language (where both rows parsed and have ids)."""
     for i, reference in enumerate(fields[0]):
         if not isinstance(reference, _Fields) or reference.id is None:
@@ -363,7 +364,7 @@ def _check_ids(source: ClassificationSourceConfig, fields: list[list[_Fields | _
                 )
 
 
-def _parse_table(source: ClassificationSourceConfig, table: _Table, columns: dict[str, str]) -> list[_Fields | _BadRow]:
+def _parse_table(source: SourceConfig, table: _Table, columns: dict[str, str]) -> list[_Fields | _BadRow]:
     parsed: list[_Fields | _BadRow] = []
     seen: dict[str, str] = {}
     for row in table.rows:
@@ -379,8 +380,8 @@ def _parse_table(source: ClassificationSourceConfig, table: _Table, columns: dic
     return parsed
 
 
-def _group_value(source: ClassificationSourceConfig, fields: _Fields, key: str) -> str:
-    by = source.group_key
+def _group_value(source: SourceConfig, fields: _Fields, key: str) -> str:
+    by = formats.group_key(source)
     if by == "id" and fields.id is not None:
         return fields.id
     if by in ("text_a", "premise"):
@@ -391,7 +392,7 @@ def _group_value(source: ClassificationSourceConfig, fields: _Fields, key: str) 
 
 
 def read_classification_source(
-    source: ClassificationSourceConfig, *, root: str | None = None, bad_records: str = "error"
+    source: SourceConfig, *, root: str | None = None, bad_records: str = "error"
 ) -> ClassificationReadResult:
     """Read ``source`` (paths relative to ``root``, i.e. ``data.root``) into examples.
 
@@ -402,7 +403,7 @@ def read_classification_source(
     if bad_records not in ("error", "skip"):
         raise ValueError(f"bad_records must be 'error' or 'skip', got {bad_records!r}")
     tables = _builtin_tables(source, root) if source.format in _BUILTIN_FILES else _generic_tables(source, root)
-    parallel = source.is_parallel
+    parallel = formats.is_parallel(source)
     if parallel:
         _check_parallel(source, tables)
     columns = _field_columns(source)

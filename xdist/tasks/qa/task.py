@@ -9,7 +9,7 @@ language) cell, G-XLT and XLT (:mod:`xdist.evaluation`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xdist.config import DataConfig, EvalConfig, FeatureConfig, JobConfig, ModelConfig, SourceConfig
+from xdist.config import DataConfig, EvalConfig, JobConfig, ModelConfig, SourceConfig
 from xdist.data.shards import ShardRecord
 from xdist.errors import ConfigValueError
 from xdist.tasks.base import EvalData, SourceRead
@@ -58,9 +58,10 @@ class QATask:
         return FeatureStats()
 
     def shard_records(
-        self, examples: Sequence[QAExample], tokenizer: Any, features: FeatureConfig, stats: FeatureStats
+        self, examples: Iterable[QAExample], tokenizer: Any, cfg: JobConfig, stats: FeatureStats,
+        source: SourceConfig,
     ) -> Iterator[ShardRecord]:
-        for feature in iter_features(examples, tokenizer, features, stats):
+        for feature in iter_features(examples, tokenizer, cfg.features, stats):
             yield shard_record(feature)
 
     def eval_data(self, source: SourceConfig, cfg: JobConfig, tokenizer: Any) -> QAEvalData:

@@ -24,7 +24,6 @@ never counts, or resumes after a restart from, an older run's checkpoints as its
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from typing import Any
 
 from xdist import distributed
 from xdist.errors import UserError
+from xdist.fileio import file_sha256, fsync_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,6 @@ def is_step_tag(name: str) -> bool:
     return _STEP_TAG.fullmatch(name) is not None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
@@ -93,7 +85,7 @@ def fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def _files(root: Path) -> list[str]:
@@ -107,25 +99,6 @@ def _files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` via a temporary file, fsync, rename over ``path`` and fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def replace_dir(tmp: Path, final: Path) -> None:
     """Rename directory ``tmp`` to ``final`` atomically; an existing ``final`` is swapped out, then deleted."""
     trash = None
@@ -133,7 +106,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
         trash = final.with_name(f"{_TRASH_PREFIX}{final.name}-{os.getpid()}")
         os.rename(final, trash)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 

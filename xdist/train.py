@@ -50,6 +50,7 @@ from xdist.faults import (
     is_timeout,
     json_safe,
 )
+from xdist.fileio import write_text_atomic
 from xdist.methods import MethodContext, build_method, method_class
 from xdist.monitor import Monitor, Throughput, TrainProgress, flatten, setup_logging
 from xdist.rundir import claim_output_dir
@@ -434,7 +435,7 @@ def _truncate_log(path: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    checkpoint.write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def export(engine: Engine, out_dir: Path, tokenizer: Any) -> None:

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from xdist.data.shards import ShardError, json_field, read_json, write_text_atomic
+from xdist.data.shards import ShardError, json_field, read_json
+from xdist.fileio import write_text_atomic
 
 EPOCH_INDEX_NAME = "epochs.json"
 """Top-level index of a shard directory holding one shard set per epoch (``per_epoch`` sampling)."""

@@ -176,7 +176,7 @@ def _clear(out_dir: Path) -> None:
     for path in existing_shard_files(out_dir):
         path.unlink()
         removed += 1
-    tmp = out_dir / (MANIFEST_NAME + ".tmp")
+    tmp = out_dir / f".{MANIFEST_NAME}.tmp"  # write_text_atomic's temporary name
     if tmp.exists():
         tmp.unlink()
     log.info("removed %d old shard/manifest files from %s", removed, out_dir)

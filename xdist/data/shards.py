@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from xdist.data.tokenizer import tokenizer_directory
 from xdist.errors import UserError
+from xdist.fileio import file_sha256, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +274,6 @@ def _record_sample(key: str, record: ShardRecord) -> dict[str, Any]:
     return sample
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def existing_shard_files(directory: str | os.PathLike) -> list[Path]:
     """Shard files (``train-NNNNNN.tar``) and a manifest already present in ``directory``."""
     directory = Path(directory)
@@ -374,7 +367,7 @@ def write_shards(
                 name=path.name,
                 samples=sum(groups.values()),
                 bytes=path.stat().st_size,
-                sha256=_file_sha256(path),
+                sha256=file_sha256(path),
                 groups=dict(sorted(groups.items())),
             )
         )
@@ -410,16 +403,6 @@ def _xdist_version() -> str:
         return version("xdist")
     except PackageNotFoundError:
         return "unknown"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see a half-written manifest or index."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -557,7 +540,7 @@ def load_manifest(
                 f"{shard_path}: {size} bytes, the manifest recorded {shard.bytes}; the shard was changed "
                 "or truncated after prepare"
             )
-        if verify_checksums and _file_sha256(shard_path) != shard.sha256:
+        if verify_checksums and file_sha256(shard_path) != shard.sha256:
             raise ShardError(f"{shard_path}: sha256 differs from the manifest; the shard is corrupt")
     if tokenizer is not None:
         check_tokenizer(manifest, tokenizer)

@@ -47,7 +47,7 @@ from scipy import stats
 
 from xdist.evaluation import save_heatmap
 from xdist.evaluation.report import check_file_name, matrix_figure
-from xdist.evaluation.result import METRICS_VERSION, EvalResult, PairedSpec, matrix_json
+from xdist.evaluation.result import METRICS_VERSION, EvalResult, PairedSpec, matrix_json, mcnemar_p_value
 
 ZERO_METHOD = "wilcox"
 """scipy's ``zero_method`` for the signed-rank test: tied pairs are dropped (the authors' setting)."""
@@ -115,6 +115,20 @@ def _uid_mismatch(a: Sequence[str], b: Sequence[str], a_name: str, b_name: str) 
     return f"{len(only_a) + len(only_b)} uids differ: " + ", ".join(parts)
 
 
+def _paired_arrays(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The uids, sorted (a fixed order: the statistics do not depend on it, float sums barely do), and both
+    score vectors in that order. Both mappings must hold exactly the same, non-empty set of uids."""
+    mismatch = _uid_mismatch(list(a), list(b), "a", "b")
+    if mismatch:
+        raise ValueError(f"paired test needs scores of the same examples: {mismatch}")
+    if not a:
+        raise ValueError("paired test needs at least one pair of scores")
+    uids = sorted(a)
+    x = np.array([a[uid] for uid in uids], dtype=np.float64)
+    y = np.array([b[uid] for uid in uids], dtype=np.float64)
+    return uids, x, y
+
+
 def wilcoxon_paired(a: Mapping[str, float], b: Mapping[str, float], *, alpha: float = 0.05) -> PairedTest:
     """Wilcoxon signed-rank test of ``a`` vs ``b`` (uid → score), pairing scores by uid.
 
@@ -123,14 +137,7 @@ def wilcoxon_paired(a: Mapping[str, float], b: Mapping[str, float], *, alpha: fl
     all-tied case. Both mappings must hold exactly the same uids; scores must be finite.
     """
     alpha = _check_alpha(alpha)
-    mismatch = _uid_mismatch(list(a), list(b), "a", "b")
-    if mismatch:
-        raise ValueError(f"paired test needs scores of the same examples: {mismatch}")
-    if not a:
-        raise ValueError("paired test needs at least one pair of scores")
-    uids = sorted(a)  # a fixed order: the statistic does not depend on it, float sums barely do
-    x = np.array([a[uid] for uid in uids], dtype=np.float64)
-    y = np.array([b[uid] for uid in uids], dtype=np.float64)
+    uids, x, y = _paired_arrays(a, b)
     for values, side in ((x, "a"), (y, "b")):
         if not np.isfinite(values).all():
             bad = uids[int(np.flatnonzero(~np.isfinite(values))[0])]
@@ -153,14 +160,7 @@ def mcnemar_paired(a: Mapping[str, float], b: Mapping[str, float], *, alpha: flo
     uses); with no discordant pair the test is not run (statistic and p-value None, not significant).
     """
     alpha = _check_alpha(alpha)
-    mismatch = _uid_mismatch(list(a), list(b), "a", "b")
-    if mismatch:
-        raise ValueError(f"paired test needs scores of the same examples: {mismatch}")
-    if not a:
-        raise ValueError("paired test needs at least one pair of scores")
-    uids = sorted(a)
-    x = np.array([a[uid] for uid in uids], dtype=np.float64)
-    y = np.array([b[uid] for uid in uids], dtype=np.float64)
+    uids, x, y = _paired_arrays(a, b)
     for values, side in ((x, "a"), (y, "b")):
         bad = np.flatnonzero((values != 0.0) & (values != 1.0))
         if bad.size:
@@ -170,7 +170,7 @@ def mcnemar_paired(a: Mapping[str, float], b: Mapping[str, float], *, alpha: flo
     mean_difference = float((x - y).mean())
     if n == 0:
         return PairedTest(None, None, len(uids), 0, mean_difference, alpha, False)
-    p_value = float(min(1.0, 2.0 * stats.binom.cdf(min(only_a, only_b), n, 0.5)))
+    p_value = mcnemar_p_value(only_a, only_b)
     return PairedTest(float(min(only_a, only_b)), p_value, len(uids), n, mean_difference, alpha, p_value <= alpha)
 
 

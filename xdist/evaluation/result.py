@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from scipy.stats import binom
 
 METRICS_VERSION = 2
 """Version of ``metrics.json`` and ``example_scores/<set>.json`` (1: QA-only files without a version)."""
@@ -44,6 +45,14 @@ class Scope:
 
     groups: tuple[str, ...] | None = None
     """The groups in the scope; None = every group."""
+
+
+def mcnemar_p_value(only_a: int, only_b: int) -> float:
+    """McNemar's exact (binomial) two-sided p-value from the discordant counts ``b`` (only A right) and ``c``
+    (only B right): ``min(1, 2 * BinomCDF(min(b, c); b + c, 1/2))``; 1 when there is no discordant pair.
+    The one definition behind ``xdist compare`` and the classification metrics."""
+    n = only_a + only_b
+    return 1.0 if n == 0 else float(min(1.0, 2.0 * binom.cdf(min(only_a, only_b), n, 0.5)))
 
 
 @dataclass(frozen=True)

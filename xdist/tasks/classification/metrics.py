@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom
+
+from xdist.evaluation.result import mcnemar_p_value
 
 
 @dataclass
@@ -105,6 +106,4 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNem
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired correctness vectors must be 1-D and of equal length, got {a.shape} and {b.shape}")
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    n = only_a + only_b
-    p = 1.0 if n == 0 else float(min(1.0, 2.0 * binom.cdf(min(only_a, only_b), n, 0.5)))
-    return McNemar(only_a, only_b, int((a & b).sum()), int((~a & ~b).sum()), p)
+    return McNemar(only_a, only_b, int((a & b).sum()), int((~a & ~b).sum()), mcnemar_p_value(only_a, only_b))

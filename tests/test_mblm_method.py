@@ -12,11 +12,11 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from tests.mblm_helpers import CLASSES, examples, save_teacher, texts_of, tiny_classifier, wordpiece
 from xdist.branched import branched_from_standard
-from xdist.config import ConfigError
+from xdist.config import BranchesConfig, ConfigError, JobConfig, MBLMConfig, _merge, build
 from xdist.distributed import DistEnv
-from xdist.methods.mblm.config import BranchesConfig, MBLMConfig, check_teachers
+from xdist.errors import UserError
 from xdist.methods.mblm.loss import mblm_loss
-from xdist.methods.mblm.method import MBLM, model_inputs
+from xdist.methods.mblm.method import MBLM, StaleCacheError, model_inputs
 from xdist.methods.mblm.teachers import fingerprint, teacher_loader
 from xdist.methods.teacher_cache import MultiTeacherCache
 from xdist.tasks.classification.features import collate, encode_pairs
@@ -37,7 +37,6 @@ def setup(tmp_path_factory):
 def _method(root, teachers, mixture="uniform", **cfg):
     branches = BranchesConfig(languages=LANGS, layers=1, mixture=mixture)
     mcfg = MBLMConfig(**cfg)
-    check_teachers(branches, teachers)
     rows = examples(*LANGS)
 
     def build_cache():
@@ -51,7 +50,7 @@ def _method(root, teachers, mixture="uniform", **cfg):
         return MultiTeacherCache.build(loaders, items, root / f"cache-{mixture}", SOLO, fingerprints=prints,
                                        batch_size=4)
 
-    return MBLM(mcfg, branches, build_cache=build_cache), branches
+    return MBLM(cfg=mcfg, branches=branches, build_cache=build_cache), branches
 
 
 def _student(tokenizer, branches, seed=3):
@@ -64,8 +63,8 @@ def _batch(tokenizer):
     rows = examples(*LANGS)
     arrays = collate(encode_pairs(rows, tokenizer, 32))
     batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    batch["language"] = [e.language for e in rows]
-    batch["uid"] = [e.uid for e in rows]
+    batch["groups"] = [e.language for e in rows]  # what the stream's batches carry
+    batch["keys"] = [e.uid for e in rows]
     return batch
 
 
@@ -136,12 +135,26 @@ def test_training_lowers_the_loss_and_dirichlet_draws_resume(setup):
 
 def test_config_and_data_errors_name_the_field(setup):
     root, teachers, tokenizer = setup
+    def job(languages, teachers, **extra):
+        raw = {"task": "classification", "model": {"branches": {"languages": languages}},
+               "method": {"name": "mblm", "teachers": teachers}}
+        return build(JobConfig, _merge(raw, extra))
+
     with pytest.raises(ConfigError, match=r"method.teachers.*no teacher for .* \[.zh.\]"):
-        check_teachers(BranchesConfig(languages=["en", "de", "zh"]), teachers)
+        job(["en", "de", "zh"], teachers)
     with pytest.raises(ConfigError, match=r"teacher\(s\) for \['de'\], which have no branch"):
-        check_teachers(BranchesConfig(languages=["en"]), teachers)
+        job(["en"], teachers)
     with pytest.raises(ConfigError, match=r"method.teachers.*language codes as keys.*'English'"):
-        check_teachers(BranchesConfig(languages=["en"]), {"English": "x"})
+        job(["en"], {"English": "x"})
+    with pytest.raises(ConfigError, match=r"model.branches.*method 'mblm' trains a branched student"):
+        build(JobConfig, {"task": "classification", "method": {"name": "mblm", "teachers": teachers}})
+    with pytest.raises(ConfigError, match=r"model.branches.*sequence classifier.*head 'prompt'"):
+        job(["en", "de"], teachers, model={"head": "prompt"})
+    with pytest.raises(ConfigError, match=r"method.teachers.*MBLM's.*'ce'"):
+        build(JobConfig, {"task": "classification", "method": {"teachers": teachers}})
+    with pytest.raises(ConfigError, match=r"'model.branches.layers': expected an integer >= 0"):
+        job(["en"], {"en": "x"}, model={"branches": {"layers": -1}})
+    assert job(["en", "de"], teachers).method.mblm.mixture_weight == 1.0  # a complete config builds
     with pytest.raises(ConfigError, match="'languages': needs the supervised languages"):
         BranchesConfig()
     with pytest.raises(ConfigError, match="'mixture_weight': expected a number >= 0"):
@@ -155,6 +168,17 @@ def test_config_and_data_errors_name_the_field(setup):
     method, _ = _method(root, teachers)
     method.on_epoch_start(0, None)
     batch = _batch(tokenizer)
-    batch["language"][3] = "fr"
+    batch["groups"][3] = "fr"
     with pytest.raises(ValueError, match="training row in language 'fr', which has no branch"):
         method.step(None, batch)
+
+
+def test_a_row_the_cache_does_not_know_says_to_re_prepare(setup):
+    root, teachers, tokenizer = setup
+    method, branches = _method(root, teachers)
+    method.on_epoch_start(0, None)
+    batch = _batch(tokenizer)
+    batch["keys"][2] = "xnli-dev-not-in-data-train"
+    with pytest.raises(StaleCacheError, match=r"no teacher logits .*re-run xdist prepare") as err:
+        method.step(_student(tokenizer, branches), batch)
+    assert isinstance(err.value, UserError)

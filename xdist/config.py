@@ -389,6 +389,93 @@ class PromptConfig:
                 _fail(f"verbalizer.{name}", f"expected a non-empty list of label words, got {words}")
 
 
+# --------------------------------------------------------------------------------------------------
+# MBLM (model.branches, method.mblm, method.teachers): the branched student and its loss (xdist/branched.py,
+# xdist/methods/mblm/). Only the paper's abstract is known: every field here is a reconstruction
+# (methods.md §B.3) with the documented default.
+# --------------------------------------------------------------------------------------------------
+
+_LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z]+)?")
+"""A language code as configs write it (``en``, ``zh``, ``zh-Hans``)."""
+
+
+@dataclass
+class BranchesConfig:
+    """The branched student (:mod:`xdist.branched`): which languages get a branch, how deep, the mixture."""
+
+    languages: list[str] = field(default_factory=list)
+    """The supervised languages, one branch each (the branch order). Rows in other languages are zero-shot:
+    at inference they take the mixture of all branches."""
+
+    layers: int = 2
+    """K: top encoder layers copied per branch, each copy initialised from the pretrained top K layers."""
+
+    share_head: bool = True
+    """One classification head for every branch (True) or one per branch (False)."""
+
+    mixture: Literal["uniform", "dirichlet", "learned"] = "uniform"
+    """Mixture weights over branches: ``uniform`` (1/M); ``dirichlet``: a fresh draw per micro-batch in
+    training (``method.mblm.dirichlet_alpha``, seeded, resumed exactly), the Dirichlet's mean (uniform) at
+    inference; ``learned``: a gate ``softmax(W h_cls + b)`` on the shared layers' [CLS], starting uniform."""
+
+    representation: Literal["cls", "layers"] = "cls"
+    """What is mixed: the branches' top-layer [CLS] vectors (``cls``), or the hidden states at every branch
+    layer (``layers``: a mixture stream through the branch layers, M·K more layer passes)."""
+
+    supervised_inference: Literal["branch", "mixture"] = "branch"
+    """At inference a supervised language's rows take their own ``branch`` or the ``mixture``."""
+
+    def __post_init__(self) -> None:
+        if not self.languages:
+            _fail("languages", "needs the supervised languages, one branch each (e.g. [en, de, zh])")
+        for lang in self.languages:
+            if not _LANGUAGE.fullmatch(lang):
+                _fail("languages", f"expected language codes such as 'en', got {lang!r}")
+        if len(set(self.languages)) != len(self.languages):
+            _fail("languages", f"a language appears twice: {self.languages}")
+        if self.layers < 0:
+            _fail("layers", f"expected an integer >= 0, got {self.layers}")
+
+
+@dataclass
+class MBLMConfig:
+    """MBLM's loss and teacher pass (:mod:`xdist.methods.mblm.loss` has the formula)."""
+
+    temperature: float = 1.0
+    """Distillation temperature T of both KD terms (scaled by T²)."""
+
+    alpha_ce: float = 0.0
+    """Weight of a hard-label CE on the own-branch logits (0 = pure distillation)."""
+
+    mixture_weight: float = 1.0
+    """λ: weight of the zero-shot-aware term (the mixture distilled to the row's teacher); 0 turns it off."""
+
+    dirichlet_alpha: float = 1.0
+    """Concentration of the Dirichlet draws (``model.branches.mixture: dirichlet``); 1 = uniform over the simplex."""
+
+    seed: int = 0
+    """Seed of the Dirichlet draws (the same on every rank: one mixture per micro-batch step)."""
+
+    cache_batch_size: int = 64
+    """Rows per teacher forward when the teacher-logit cache is built."""
+
+    teacher_max_length: int | None = None
+    """Tokens per row for the teachers (None = ``features.max_length``)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            _fail("temperature", f"expected a number > 0, got {self.temperature}")
+        for name in ("alpha_ce", "mixture_weight"):
+            if getattr(self, name) < 0:
+                _fail(name, f"expected a number >= 0, got {getattr(self, name)}")
+        if self.dirichlet_alpha <= 0:
+            _fail("dirichlet_alpha", f"expected a number > 0, got {self.dirichlet_alpha}")
+        if self.cache_batch_size < 1:
+            _fail("cache_batch_size", f"expected a positive integer, got {self.cache_batch_size}")
+        if self.teacher_max_length is not None and self.teacher_max_length < 8:
+            _fail("teacher_max_length", f"expected an integer >= 8 or null, got {self.teacher_max_length}")
+
+
 @dataclass
 class ModelConfig:
     """The model: a ``transformers`` architecture built from a config, or a local checkpoint."""
@@ -418,6 +505,10 @@ class ModelConfig:
     labels: list[str] | None = None
     """Classification: class names in id order (the classifier's ``num_labels``/``id2label``). None = those
     of the first ``data.train`` source (else the first ``eval.sets`` source)."""
+
+    branches: BranchesConfig | None = None
+    """Classification with ``head: classifier``: a branched student (MBLM, :mod:`xdist.branched`) — shared
+    bottom layers, one copy of the top ``layers`` per supervised language. None = an ordinary model."""
 
     def __post_init__(self) -> None:
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
@@ -702,10 +793,12 @@ class AlsaceConfig:
 class MethodConfig:
     """How a batch becomes a loss: plain span CE, or self-knowledge distillation (Carrino et al.)."""
 
-    name: Literal["ce", "skd", "alsace"] = "ce"
+    name: Literal["ce", "skd", "alsace", "mblm"] = "ce"
     """``ce``: the task's hard-label cross-entropy (the spine, stage 1). ``skd``: CE + KD from a frozen
     teacher (Carrino et al.'s stage 2, QA). ``alsace``: cross-lingual self-distillation on parallel pairs
-    (Zhao et al., classification; settings in ``alsace``)."""
+    (Zhao et al., classification; settings in ``alsace``). ``mblm``: a branched student (``model.branches``)
+    distilled from one monolingual teacher per supervised language (Yang et al., classification; teachers in
+    ``teachers``, settings in ``mblm``)."""
 
     teacher: Literal["self", "fixed"] = "self"
     """``self``: self-distillation in generations — at the start of every epoch after the first the
@@ -764,7 +857,17 @@ class MethodConfig:
     """ALSACE (``name: alsace``, and ``xdist select-teachers``): selection, pairs and the consistency loss.
     Its own ``alpha_ce``/``alpha_kl``/``temperature`` live here, not in the fields above (which are skd's)."""
 
+    teachers: dict[str, str] = field(default_factory=dict)
+    """``mblm``: one monolingual teacher per supervised language, ``{language: checkpoint}`` — a local
+    ``save_pretrained`` sequence classifier with the task's classes (e.g. the ``export/`` of an ``xdist
+    train`` run on that language alone); its tokenizer is the one saved beside it, else the student's."""
+
+    mblm: MBLMConfig = field(default_factory=MBLMConfig)
+    """MBLM (``name: mblm``): the distillation loss and the teacher-logit pass."""
+
     def __post_init__(self) -> None:
+        if self.teachers and self.name != "mblm":
+            _fail("teachers", f"monolingual teachers are MBLM's (name: mblm); method.name is {self.name!r}")
         for name in ("alpha_ce", "alpha_kl"):
             if getattr(self, name) < 0:
                 _fail(name, f"expected a number >= 0, got {getattr(self, name)}")
@@ -816,6 +919,7 @@ class JobConfig:
                 if source.format not in formats:
                     _fail(f"{kind}[{i}].format",
                           f"task {self.task!r} reads formats {list(formats)}, got {source.format!r}; set 'task'")
+        self._check_branches()
         if self.task == "classification":
             if self.model.labels is None and (sources := self.data.train or self.eval.sets):
                 self.model.labels = list(sources[0].labels or BUILTIN_CLASS_NAMES[sources[0].format])
@@ -827,6 +931,30 @@ class JobConfig:
                 f"max_query_length ({features.max_query_length}) + doc_stride ({features.doc_stride}) + 3 special "
                 f"tokens must be < max_length ({features.max_length})",
             )
+
+
+    def _check_branches(self) -> None:
+        """``model.branches`` and ``method.name: mblm`` belong together, with one teacher per branch."""
+        branches, method = self.model.branches, self.method
+        if branches is not None and (self.task != "classification" or self.model.head != "classifier"):
+            _fail("model.branches", f"branches are built on a sequence classifier (task: classification, "
+                                    f"head: classifier), not task {self.task!r} with head {self.model.head!r}")
+        if method.name != "mblm":
+            return
+        if branches is None:
+            _fail("model.branches", "method 'mblm' trains a branched student: set model.branches.languages "
+                                    "(the supervised languages, one branch each)")
+        for lang in method.teachers:
+            if not _LANGUAGE.fullmatch(lang):
+                _fail("method.teachers", f"expected language codes as keys, such as 'en', got {lang!r}")
+        missing = [lang for lang in branches.languages if lang not in method.teachers]
+        extra = [lang for lang in method.teachers if lang not in branches.languages]
+        if missing:
+            _fail("method.teachers", f"no teacher for the supervised language(s) {missing} "
+                                     f"(model.branches.languages: {branches.languages})")
+        if extra:
+            _fail("method.teachers", f"teacher(s) for {extra}, which have no branch in model.branches.languages "
+                                     f"{branches.languages}")
 
 
 # --------------------------------------------------------------------------------------------------

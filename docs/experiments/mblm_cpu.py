@@ -36,7 +36,7 @@ from xdist.branched import branched_from_standard
 from xdist.config import SourceConfig
 from xdist.data.tokenizer import load_tokenizer
 from xdist.distributed import DistEnv
-from xdist.methods.mblm.config import BranchesConfig, MBLMConfig
+from xdist.config import BranchesConfig, MBLMConfig
 from xdist.methods.mblm.method import MBLM, model_inputs
 from xdist.methods.mblm.teachers import fingerprint, teacher_loader
 from xdist.methods.teacher_cache import MultiTeacherCache

@@ -22,11 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.distributed.engine_worker import Recorder, zero3_all_partitioned  # noqa: E402
 from tests.mblm_helpers import CLASSES, examples, tiny_classifier  # noqa: E402
 from xdist.branched import branched_from_standard, export_branch  # noqa: E402
-from xdist.config import TrainConfig  # noqa: E402
+from xdist.config import (  # noqa: E402
+    BranchesConfig,
+    MBLMConfig,
+    TrainConfig,  # noqa: E402
+)
 from xdist.data.tokenizer import load_tokenizer  # noqa: E402
 from xdist.distributed import setup_distributed  # noqa: E402
 from xdist.engine import Engine, resolve_deepspeed_config  # noqa: E402
-from xdist.methods.mblm.config import BranchesConfig, MBLMConfig  # noqa: E402
 from xdist.methods.mblm.method import (
     MBLM,  # noqa: E402
     model_inputs,  # noqa: E402
@@ -51,8 +54,8 @@ def rank_batches(tokenizer, rank: int) -> list[dict]:
     batches = []
     for part in (rows[:3], rows[3:]):
         batch = {k: torch.from_numpy(v) for k, v in collate(encode_pairs(part, tokenizer, 32)).items()}
-        batch["language"] = [e.language for e in part]
-        batch["uid"] = [e.uid for e in part]
+        batch["groups"] = [e.language for e in part]  # what the stream's batches carry
+        batch["keys"] = [e.uid for e in part]
         batches.append(batch)
     return batches
 
@@ -81,7 +84,7 @@ def make(args, dist, ds_path: str, cache_dir: Path):
             prints[lang] = fingerprint(lang, path, args.student_tokenizer, 32, mine)
         return MultiTeacherCache.build(loaders, items, cache_dir, dist, fingerprints=prints, batch_size=2)
 
-    method = MBLM(MBLMConfig(mixture_weight=0.5, dirichlet_alpha=0.5, seed=11), branches,
+    method = MBLM(cfg=MBLMConfig(mixture_weight=0.5, dirichlet_alpha=0.5, seed=11), branches=branches,
                   build_cache=build_cache)
     return engine, method, tokenizer
 

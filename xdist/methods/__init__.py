@@ -2,7 +2,8 @@
 
 The training loop (:mod:`xdist.train`) never branches on a method's name: it calls the small
 :class:`Method` interface. ``ce`` is plain hard-label cross-entropy for any task (the spine and Carrino et
-al.'s stage 1); ``skd`` is Carrino et al.'s self-knowledge distillation for QA (stage 2). Each method
+al.'s stage 1); ``skd`` is Carrino et al.'s self-knowledge distillation for QA (stage 2); ``alsace`` (Zhao et
+al.) and ``mblm`` (Yang et al.) are cross-lingual distillation for classification. Each method
 declares the tasks it supports (``tasks``); a job pairing a method with another task is refused.
 """
 
@@ -19,6 +20,7 @@ _METHODS: dict[str, str] = {
     "ce": "xdist.methods.ce:CrossEntropy",
     "skd": "xdist.methods.skd:SelfDistillation",
     "alsace": "xdist.methods.alsace.method:Alsace",
+    "mblm": "xdist.methods.mblm.method:MBLM",
 }
 """name (``method.name``) → ``"module:Class"``; imported on first use."""
 

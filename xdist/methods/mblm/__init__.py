@@ -7,7 +7,7 @@ a config field with the documented default.
 * :mod:`xdist.branched` — the branched model (shared bottom layers, per-language top layers and heads, the
   mixture, the inference rule, single-branch export).
 * :mod:`xdist.methods.mblm.loss` — supervised KD + optional CE + the mixture's KD; seeded Dirichlet draws.
-* :mod:`xdist.methods.mblm.config` — ``model.branches`` and ``method.mblm``.
+* :class:`xdist.config.BranchesConfig`, :class:`xdist.config.MBLMConfig` — ``model.branches`` and ``method.mblm``.
 * :mod:`xdist.methods.mblm.method` — the training method (teacher-logit cache built before the first epoch).
 * :mod:`xdist.methods.teacher_cache` — the several-teacher, raw-text logit cache.
 """

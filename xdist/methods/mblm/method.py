@@ -14,13 +14,16 @@ micro-batch, the same on every rank; the generator's state is the method's check
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
-from xdist.methods.base import StepOutput
-from xdist.methods.mblm.config import BranchesConfig, MBLMConfig
+from xdist.config import BranchesConfig, MBLMConfig
+from xdist.errors import UserError
+from xdist.methods.base import MethodContext, StepOutput
 from xdist.methods.mblm.loss import DirichletDraws, mblm_loss
+from xdist.methods.mblm.teachers import build_job_cache, check_training_languages
 from xdist.methods.teacher_cache import MultiTeacherCache
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -32,14 +35,33 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {name: batch[name] for name in ENCODER_INPUTS if name in batch}
 
 
+class StaleCacheError(UserError, KeyError):
+    """A training row the teacher-logit cache does not know (shards and ``data.train`` disagree)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 class MBLM:
     """Supervised KD per branch + the zero-shot-aware mixture KD, teachers from the logit cache."""
 
     name = "mblm"
     tasks = ("classification",)
 
-    def __init__(self, cfg: MBLMConfig, branches: BranchesConfig, *, build_cache: Callable[[], MultiTeacherCache],
-                 language_key: str = "language", uid_key: str = "uid") -> None:
+    def __init__(self, context: MethodContext | None = None, *, cfg: MBLMConfig | None = None,
+                 branches: BranchesConfig | None = None, build_cache: Callable[[], MultiTeacherCache] | None = None,
+                 language_key: str = "groups", uid_key: str = "keys") -> None:
+        """From the job's :class:`MethodContext` (the training loop: teachers from ``method.teachers``, texts
+        from ``data.train``), or from ``cfg``, ``branches`` and a ``build_cache`` function directly (tests).
+
+        ``language_key``/``uid_key``: the batch's per-row language and cache-key lists (the stream's
+        ``groups`` and sample ``keys``)."""
+        if context is not None:
+            cfg, branches = context.method.mblm, context.cfg.model.branches
+            check_training_languages(context)
+            build_cache = partial(build_job_cache, context)
+        if cfg is None or branches is None or build_cache is None:
+            raise ValueError("MBLM needs a MethodContext, or cfg, branches and build_cache")
         self.cfg = cfg
         self.languages = list(branches.languages)
         self.mixture = branches.mixture
@@ -71,7 +93,13 @@ class MBLM:
         device = inputs["input_ids"].device
         weights = self.draws.draw().to(device) if self.draws is not None else None
         out = engine(**inputs, branch=branch.to(device), mixture_weights=weights)
-        teacher = self.cache.logits(languages, uids, device)
+        try:
+            teacher = self.cache.logits(languages, uids, device)
+        except KeyError as err:
+            raise StaleCacheError(
+                f"MBLM: a training row has no teacher logits ({err.args[0]}): the shards were prepared from other "
+                "data than data.train reads now; re-run xdist prepare, or delete <train.output_dir>/teacher_cache"
+            ) from None
         labels = batch.get("labels") if self.cfg.alpha_ce > 0 else None
         parts = mblm_loss(out.branch_logits.float(), out.mixture_logits.float(), branch.to(device), teacher,
                           labels.to(device) if labels is not None else None, temperature=self.cfg.temperature,

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from xdist.config import ConfigError
-from xdist.methods.teacher_cache import Compute
+from xdist.data.shards import sample_key
+from xdist.methods.base import MethodContext
+from xdist.methods.teacher_cache import Compute, MultiTeacherCache
 from xdist.tasks.classification.examples import ClassificationExample
 from xdist.tasks.classification.features import collate, encode_pairs
 
@@ -96,3 +98,56 @@ def teacher_loader(language: str, checkpoint: str, *, student_tokenizer: str | P
         return compute
 
     return load
+
+
+# --------------------------------------------------------------------------------------------------
+# The job's teacher pass (method.name: mblm in the training loop)
+# --------------------------------------------------------------------------------------------------
+
+
+def check_training_languages(context: MethodContext) -> None:
+    """Every language in the training shards has a branch (MBLM trains on its supervised languages only):
+    a :class:`ConfigError` naming the shards' other languages otherwise, before any teacher is loaded."""
+    branches = context.cfg.model.branches
+    manifest = context.manifest_for_epoch(0)
+    others = sorted(set(manifest.groups) - set(branches.languages))
+    if others:
+        raise ConfigError(
+            f"config field 'model.branches.languages': the training shards in {manifest.directory} hold rows in "
+            f"{others}, which have no branch (branches: {branches.languages}); MBLM trains on its supervised "
+            "languages only: add branches, or restrict data.train[].languages and re-run xdist prepare"
+        )
+
+
+def job_examples(context: MethodContext) -> dict[str, list[ClassificationExample]]:
+    """The training examples of each supervised language, read from ``data.train`` as ``xdist prepare``
+    read them (same readers, splits and limits), in file order."""
+    cfg = context.cfg
+    by_language: dict[str, list[ClassificationExample]] = {lang: [] for lang in cfg.model.branches.languages}
+    for source in cfg.data.train:
+        for example in context.task.read(source, cfg.data).examples:
+            if example.language in by_language:
+                by_language[example.language].append(example)
+    return by_language
+
+
+def build_job_cache(context: MethodContext) -> MultiTeacherCache:
+    """The teacher-logit cache of a training job, under ``<train.output_dir>/teacher_cache/<language>``:
+    each supervised language's teacher classifies that language's training examples from their raw texts,
+    keyed by the examples' shard sample keys (what the stream's batches carry). Reused when a complete cache
+    has the same fingerprint (teacher files, tokenizer, length, examples), e.g. on ``--resume``. Collective."""
+    cfg, mcfg = context.cfg, context.method.mblm
+    max_length = mcfg.teacher_max_length or cfg.features.max_length
+    loaders, items, prints = {}, {}, {}
+    for lang, rows in job_examples(context).items():
+        checkpoint = context.method.teachers[lang]
+        if not rows:
+            raise ConfigError(f"config field 'model.branches.languages': {lang!r} has no training examples in "
+                              "data.train; every branch needs its language's labelled rows")
+        loaders[lang] = teacher_loader(lang, checkpoint, student_tokenizer=cfg.features.tokenizer,
+                                       max_length=max_length, class_names=list(cfg.model.labels or []),
+                                       device=context.dist.device)
+        items[lang] = [(sample_key(e.uid, 0), e) for e in rows]  # classification records are part 0
+        prints[lang] = fingerprint(lang, checkpoint, cfg.features.tokenizer, max_length, rows)
+    return MultiTeacherCache.build(loaders, items, context.output_dir / "teacher_cache", context.dist,
+                                   fingerprints=prints, batch_size=mcfg.cache_batch_size)

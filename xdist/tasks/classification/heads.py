@@ -41,6 +41,7 @@ from transformers.modeling_outputs import MaskedLMOutput
 
 from xdist.config import ConfigError, ModelConfig
 from xdist.models import build_model, load_pretrained
+from xdist.tasks.classification.branches import branch_rows
 from xdist.tasks.classification.examples import IGNORE_LABEL
 
 HeadName = Literal["classifier", "multiple_choice", "prompt"]
@@ -180,6 +181,9 @@ def class_logits(model: Any, batch: dict[str, Any], device: torch.device | None 
             logits = logits[..., 1] - logits[..., 0]
         return logits
     inputs = {k: _tensor(batch, k, device) for k in INPUT_NAMES if k in batch}
+    branch = branch_rows(model, batch)  # a branched (MBLM) classifier: each row's language branch
+    if branch is not None:
+        inputs["branch"] = branch if device is None else branch.to(device)
     return _call(model, inputs).logits.float()
 
 

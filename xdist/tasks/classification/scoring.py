@@ -7,11 +7,13 @@ set's order) with their accuracy (percent) and example count; the summary is the
 language); every labelled example has a ``correct`` score (1.0 / 0.0) under its uid, which ``xdist
 compare`` pairs across runs for McNemar's exact test. Prediction files ``predictions/<set>/<lang>.json``
 map uid → ``{prediction, label, correct, probabilities}`` (class names; unlabelled rows have null label).
+A branched (MBLM) model's sets also report its supervised and zero-shot languages apart (macro accuracy of
+each, and a McNemar scope each).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,6 +54,18 @@ class SetScores:
     probabilities: np.ndarray
     """Softmax of the class logits ``[N, C]``."""
     scores: LanguageScores
+    supervised: list[str] | None = None
+    """A branched model's supervised languages (None: an ordinary model): the summary adds the macro
+    accuracy of these (``supervised_macro``) and of the others (``zero_shot_macro``), and ``xdist compare``
+    tests each group of languages as a scope of its own."""
+
+    def language_groups(self) -> dict[str, list[str]]:
+        """``supervised``/``zero_shot`` -> the set's scored languages in each (empty without branches)."""
+        if self.supervised is None:
+            return {}
+        scored = list(self.scores.accuracy)
+        return {"supervised": [lang for lang in scored if lang in self.supervised],
+                "zero_shot": [lang for lang in scored if lang not in self.supervised]}
 
     def correct(self) -> dict[str, float]:
         """uid -> 1.0 (right) / 0.0 (wrong), labelled examples only."""
@@ -72,6 +86,15 @@ class SetScores:
     def result(self) -> EvalResult:
         summary = dict(self.scores.summary)
         summary["num_examples"] = sum(self.scores.counts.values())
+        scopes = {"all": Scope("all languages")}
+        view = VIEW
+        for kind, langs in self.language_groups().items():
+            label = kind.replace("_", "-")
+            summary[f"{kind}_macro"] = (float(np.mean([self.scores.accuracy[lang] for lang in langs]))
+                                        if langs else None)
+            if langs:
+                scopes[kind] = Scope(f"{label} languages ({', '.join(langs)})", tuple(langs))
+            view = replace(view, columns={**view.columns, f"{kind}_macro": f"{label} acc"})
         groups = {lang: {"accuracy": acc, "num_examples": self.scores.counts[lang]}
                   for lang, acc in self.scores.accuracy.items()}
         correct = self.correct()
@@ -79,15 +102,17 @@ class SetScores:
             name=self.name, task="classification", summary=summary, groups=groups,
             examples={uid: {"correct": value} for uid, value in correct.items()},
             example_groups={e.uid: e.language for e in self.examples if e.uid in correct},
-            paired=PairedSpec("correct", "mcnemar", {"all": Scope("all languages")}),
-            view=VIEW, details={"class_names": list(self.class_names)}, files=self.prediction_files(),
+            paired=PairedSpec("correct", "mcnemar", scopes),
+            view=view, details={"class_names": list(self.class_names)}, files=self.prediction_files(),
         )
 
 
 def score_set(
-    name: str, examples: list[ClassificationExample], logits: np.ndarray, class_names: list[str], pivot: str = "en"
+    name: str, examples: list[ClassificationExample], logits: np.ndarray, class_names: list[str], pivot: str = "en",
+    supervised: list[str] | None = None,
 ) -> SetScores:
-    """Score ``examples`` (in the order of ``logits``' rows) from their class logits ``[N, C]``."""
+    """Score ``examples`` (in the order of ``logits``' rows) from their class logits ``[N, C]``; ``supervised``:
+    a branched model's supervised languages (:attr:`SetScores.supervised`)."""
     logits = np.asarray(logits, dtype=np.float64)
     if logits.shape[0] != len(examples):
         raise ValueError(f"set {name!r}: {logits.shape[0]} logit rows for {len(examples)} examples")
@@ -96,4 +121,4 @@ def score_set(
     scores = language_scores(predictions.tolist(), [e.label for e in examples], languages, pivot=pivot,
                              order=list(dict.fromkeys(languages)))
     return SetScores(name=name, class_names=list(class_names), examples=list(examples), predictions=predictions,
-                     probabilities=softmax(logits), scores=scores)
+                     probabilities=softmax(logits), scores=scores, supervised=supervised)

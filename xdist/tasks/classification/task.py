@@ -26,6 +26,7 @@ from xdist.config import ConfigError, DataConfig, EvalConfig, JobConfig, ModelCo
 from xdist.data.shards import ShardRecord
 from xdist.tasks.base import EvalData, SourceRead
 from xdist.tasks.classification import formats
+from xdist.tasks.classification.branches import branch_array, build_branched_classifier, check_loaded
 from xdist.tasks.classification.examples import ClassificationExample, ClassificationFeature
 from xdist.tasks.classification.features import (
     PromptTemplate,
@@ -153,6 +154,10 @@ class ClassificationEvalData(EvalData):
 
     class_names: list[str] = field(default_factory=list)
 
+    supervised: list[str] | None = None
+    """A branched (MBLM) model's supervised languages: the report scores them and the rest (zero-shot)
+    separately. None for an ordinary model."""
+
 
 class ClassificationTask:
     """Classification: class logits ``[B, C]``, cross-entropy, accuracy per language and its disparity."""
@@ -187,8 +192,11 @@ class ClassificationTask:
             log.warning("eval set %s: %s", source.name, read.skipped.summary())
         features = encode(read.examples, tokenizer, cfg, source)
         inputs = {k: v for k, v in collate(features).items() if k != "labels"} if features else {}
+        supervised = list(cfg.model.branches.languages) if cfg.model.branches is not None else None
+        if supervised is not None and features:  # the branched classifier's route per row
+            inputs["branch"] = branch_array([f.language for f in features], supervised)
         return ClassificationEvalData(name=source.name, inputs=inputs, examples=read.examples, features=features,
-                                      class_names=formats.class_names(source))
+                                      class_names=formats.class_names(source), supervised=supervised)
 
     # ---- model ------------------------------------------------------------------------------------
 
@@ -197,11 +205,15 @@ class ClassificationTask:
         ds_config: dict | None = None,
     ) -> Any:
         if checkpoint is not None:
-            return load_classification_model(cfg.head, checkpoint, ds_config=ds_config)
+            model = load_classification_model(cfg.head, checkpoint, ds_config=ds_config)
+            return check_loaded(model, cfg, str(checkpoint)) if cfg.head == "classifier" else model
         if tokenizer is None:
             raise ValueError("ClassificationTask.build_model: a tokenizer is needed to size a new model's vocabulary")
         if cfg.head == "classifier" and not cfg.labels:
             raise ConfigError("config field 'model.labels': the classifier needs its class names")
+        if cfg.branches is not None:
+            return build_branched_classifier(cfg, class_names=list(cfg.labels or []), vocab_size=len(tokenizer),
+                                             pad_token_id=tokenizer.pad_token_id, ds_config=ds_config)
         return build_classification_model(cfg, cfg.head, class_names=list(cfg.labels or []), vocab_size=len(tokenizer),
                                           pad_token_id=tokenizer.pad_token_id, ds_config=ds_config)
 
@@ -217,4 +229,5 @@ class ClassificationTask:
     def score(self, data: ClassificationEvalData, logits: np.ndarray, cfg: EvalConfig) -> EvalResult:
         from xdist.tasks.classification.scoring import score_set  # matplotlib/scipy only when scoring
 
-        return score_set(data.name, list(data.examples), logits, data.class_names, pivot=cfg.pivot).result()
+        return score_set(data.name, list(data.examples), logits, data.class_names, pivot=cfg.pivot,
+                         supervised=data.supervised).result()

@@ -38,7 +38,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ from scipy import stats
 
 from xdist.evaluation import save_heatmap
 from xdist.evaluation.report import check_file_name, matrix_figure
-from xdist.evaluation.result import METRICS_VERSION, EvalResult, PairedSpec, matrix_json, mcnemar_p_value
+from xdist.evaluation.result import METRICS_VERSION, EvalResult, PairedSpec, View, matrix_json, mcnemar_p_value
 
 ZERO_METHOD = "wilcox"
 """scipy's ``zero_method`` for the signed-rank test: tied pairs are dropped (the authors' setting)."""
@@ -338,7 +338,18 @@ class SetComparison:
 
     @property
     def paired(self) -> PairedSpec:
-        return self.base.paired
+        """The baseline's test, over the scopes of every run (:func:`shared_spec`)."""
+        return shared_spec(list(self.results.values()), self.base)
+
+    @property
+    def view(self) -> View:
+        """The baseline's view, with the summary columns only other runs have appended (a branched model's
+        supervised and zero-shot accuracy beside an ordinary baseline)."""
+        columns = dict(self.base.view.columns)
+        for result in self.results.values():
+            for key, label in result.view.columns.items():
+                columns.setdefault(key, label)
+        return replace(self.base.view, columns=columns)
 
     def matrix(self, run: str, metric: str | None = None) -> np.ndarray:
         """``run``'s grid of ``metric`` in the baseline's axis order (NaN: no such group)."""
@@ -378,7 +389,7 @@ class SetComparison:
             row[f"{metric}_difference"] = {run: result.groups[group][metric] - base.groups[group][metric]
                                            for run, result in self.results.items() if run != self.baseline}
             groups.append(row)
-        data = {"task": base.task, "paired": base.paired.to_json(), "summary": self.summary(), "groups": groups,
+        data = {"task": base.task, "paired": self.paired.to_json(), "summary": self.summary(), "groups": groups,
                 "tests": {run: tests.to_json() for run, tests in self.tests.items()}}
         if base.matrix is not None:
             data["difference_matrix"] = {
@@ -459,11 +470,11 @@ def _significance_text(paired: PairedSpec, alpha: float, label: str) -> str:
 
 
 def _set_markdown(set_name: str, comparison: SetComparison, per_cell: bool, alpha: float) -> list[str]:
-    base, view = comparison.base, comparison.base.view
+    base, view = comparison.base, comparison.view
     columns = [(key, label) for key, label in view.columns.items()]
     headline = [key for key in view.headline]
     lines = [f"## `{set_name}` ({len(base.examples)} examples, {len(base.groups)} {view.group_kind}s)", "",
-             _significance_text(base.paired, alpha, view.group_label), "",
+             _significance_text(comparison.paired, alpha, view.group_label), "",
              "| run | " + " | ".join(label for _, label in columns) + " | "
              + " | ".join(f"Δ{view.columns.get(key, key)}" for key in headline) + " |",
              "|---" + "|---:" * (len(columns) + len(headline)) + "|"]
@@ -478,7 +489,7 @@ def _set_markdown(set_name: str, comparison: SetComparison, per_cell: bool, alph
               "|---|---|---:|---:|---:|---:|---:|---|"]
     for run, tests in comparison.tests.items():
         for scope, test in tests.scopes.items():
-            lines.append(_test_row(run, base.paired.scopes[scope].label, test))
+            lines.append(_test_row(run, comparison.paired.scopes[scope].label, test))
     others = list(comparison.tests)
     metric, label = view.group_metric, view.group_label
     header = " | ".join([f"{comparison.baseline} {label}", *(f"{run} {label} | Δ{run}" for run in others)])
@@ -494,6 +505,17 @@ def _set_markdown(set_name: str, comparison: SetComparison, per_cell: bool, alph
             parts += [_number(other), _number(other - scores[metric], signed=True) + mark]
         lines.append(f"| {group} | " + " | ".join(parts) + " |")
     return lines
+
+
+def shared_spec(results: Sequence[EvalResult], base: EvalResult) -> PairedSpec:
+    """``base``'s paired test over its own scopes, then those of the other results whose groups every result
+    has (an MBLM run's supervised/zero-shot languages are groups of an ordinary baseline's result too)."""
+    scopes = dict(base.paired.scopes)
+    for result in results:
+        for key, scope in result.paired.scopes.items():
+            if key not in scopes and all(set(scope.groups or ()) <= set(r.groups) for r in results):
+                scopes[key] = scope
+    return replace(base.paired, scopes=scopes)
 
 
 def _paired(kind: str, run: EvalResult, base: EvalResult, groups: tuple[str, ...] | None, alpha: float) -> PairedTest:
@@ -548,14 +570,16 @@ def compare_reports(
         base = by_name[baseline].sets[set_name]
         for name in names:
             run = by_name[name].sets[set_name]
-            if run.task != base.task or run.paired != base.paired:
+            if run.task != base.task or (run.paired.metric, run.paired.test) != (base.paired.metric, base.paired.test):
                 raise ValueError(f"runs {name!r} and {baseline!r} scored set {set_name!r} differently (task "
-                                 f"{run.task!r} vs {base.task!r}); only results of the same task and tests compare")
+                                 f"{run.task!r} vs {base.task!r}, test {run.paired.test} of {run.paired.metric!r} vs "
+                                 f"{base.paired.test} of {base.paired.metric!r}); only results of the same task and "
+                                 "tests compare")
             mismatch = _uid_mismatch(list(run.examples), list(base.examples), name, baseline)
             if mismatch:
                 raise ValueError(f"runs {name!r} and {baseline!r} were not evaluated on the same examples of set "
                                  f"{set_name!r}: {mismatch}; paired tests need identical example sets")
-        spec = base.paired
+        spec = shared_spec([by_name[name].sets[set_name] for name in names], base)
         tests = {}
         for name in names:
             if name == baseline:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -150,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (default: the directory of method.alsace.selection.file, which is "
                         "<train.output_dir>/selection unless set)")
 
+    p = _subcommand(sub, "export-branch",
+                    "MBLM: write one language's branch of a branched model as a standard transformers classifier")
+    p.add_argument("checkpoint", metavar="DIR", help="the branched model (the export of an 'xdist train' MBLM run)")
+    p.add_argument("--language", required=True, help="the branch to export (one of the model's branch languages)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory: a *ForSequenceClassification checkpoint (and the tokenizer saved "
+                        "beside the model)")
+
     p = _subcommand(sub, "bench", "stream and training throughput of a config (prints a table)")
     _common(p)
     p.add_argument("--nproc", type=_positive_int, default=2, metavar="N", help="ranks for the training measurement")
@@ -253,6 +262,32 @@ def _demo(args: argparse.Namespace) -> int:
         if status:
             return status
     print(summary(Path(cfg.train.output_dir), time.perf_counter() - start))
+    return 0
+
+
+def _export_branch(args: argparse.Namespace) -> int:
+    """``xdist export-branch``: one branch of a saved branched model as the family's standard classifier."""
+    from xdist.branched import BranchedConfig, BranchedForSequenceClassification, export_branch
+    from xdist.data.tokenizer import load_tokenizer
+    from xdist.errors import MissingPathError
+    from xdist.models import _check_checkpoint_dir
+    from xdist.monitor import setup_logging
+
+    setup_logging()
+    _quiet_libraries()
+    directory = _check_checkpoint_dir(args.checkpoint)
+    model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    if model_type != BranchedConfig.model_type:
+        raise MissingPathError(f"{args.checkpoint!r} holds a {model_type!r} model, not a branched (MBLM) one; "
+                               "point at the export of a run with model.branches")
+    model = BranchedForSequenceClassification.from_pretrained(directory, local_files_only=True)
+    languages = model.config.languages
+    if args.language not in languages:
+        raise MissingPathError(f"{args.checkpoint!r} has no branch {args.language!r}; its branches are {languages}")
+    tokenizer = load_tokenizer(directory) if (directory / "tokenizer.json").is_file() else None
+    export_branch(model, languages.index(args.language), args.out, tokenizer)
+    print(f"branch {args.language!r} of {args.checkpoint} written to {args.out} "
+          f"({type(model.config.encoder).__name__.replace('Config', 'ForSequenceClassification')})")
     return 0
 
 
@@ -462,6 +497,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if args.selection:
             _alsace_groups(comparison, args.selection, args.out)
         return 0
+
+    if args.command == "export-branch":
+        return _export_branch(args)
 
     from xdist.config import load_config
 

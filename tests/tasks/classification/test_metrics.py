@@ -106,3 +106,38 @@ def test_two_runs_compare_with_mcnemar_per_language(tmp_path):
         assert test.p_value == pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue, rel=1e-12)
     markdown = comparison.to_markdown()
     assert "McNemar" in markdown and "macro acc" in markdown and "| sw |" in markdown
+
+
+def test_branched_runs_report_supervised_and_zero_shot_apart_and_compare_with_an_ordinary_baseline(tmp_path):
+    from xdist.compare import compare_reports, load_report
+    from xdist.evaluation import write_report
+
+    rng = np.random.default_rng(11)
+    languages = ("en", "de", "sw", "zh")
+    examples = [ex(i, lang, int(rng.integers(3))) for lang in languages for i in range(30)]
+    gold = np.array([e.label for e in examples])
+    runs = {}
+    for name, accuracy, supervised in (("base", 0.4, None), ("mblm", 0.7, ["en", "zh"])):
+        right = rng.random(len(examples)) < accuracy
+        predictions = np.where(right, gold, (gold + 2) % 3)
+        scored = score_set("xnli", examples, np.eye(3)[predictions], ["e", "n", "c"], supervised=supervised)
+        write_report(scored.result(), tmp_path / name)
+        runs[name] = (predictions == gold, scored)
+    base, mblm = runs["base"][1].result(), runs["mblm"][1].result()
+    assert "supervised_macro" not in base.summary and set(base.paired.scopes) == {"all"}
+    accuracy = mblm.groups
+    assert mblm.summary["supervised_macro"] == pytest.approx((accuracy["en"]["accuracy"] + accuracy["zh"]["accuracy"]) / 2)
+    assert mblm.summary["zero_shot_macro"] == pytest.approx((accuracy["de"]["accuracy"] + accuracy["sw"]["accuracy"]) / 2)
+    assert mblm.paired.scopes["zero_shot"].groups == ("de", "sw")
+
+    # The baseline first: its test, plus the MBLM run's scopes (their languages are groups of both runs).
+    comparison = compare_reports([load_report(tmp_path / "base"), load_report(tmp_path / "mblm")])
+    tests = comparison.sets["xnli"].tests["mblm"].scopes
+    assert list(tests) == ["all", "supervised", "zero_shot"]
+    rows = np.isin([e.language for e in examples], ["de", "sw"])
+    a, b = runs["base"][0][rows], runs["mblm"][0][rows]
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    assert tests["zero_shot"].n_nonzero == only_a + only_b
+    assert tests["zero_shot"].p_value == pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue, rel=1e-12)
+    markdown = comparison.to_markdown()
+    assert "zero-shot acc" in markdown and "zero-shot languages (de, sw)" in markdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,17 @@ def make_job(tmp_path_factory) -> Path:
     manifest = json.loads((root / "shards" / "manifest.json").read_text())
     assert manifest["total_samples"] >= 16
     return config
+
+
+def interrupted_copy(full: Path, cut: Path, step: int) -> Path:
+    """``cut``: what a run killed right after its step-``step`` checkpoint leaves on disk — ``full``'s files
+    without its later checkpoints, ``latest`` naming ``step<step>``, and the log of steps <= ``step`` only.
+    Resuming it must reproduce ``full``'s later steps exactly."""
+    shutil.copytree(full, cut)
+    for tag in (cut / "checkpoints").glob("step*"):
+        if int(tag.name[len("step"):]) > step:
+            shutil.rmtree(tag)
+    (cut / "checkpoints" / "latest").write_text(f"step{step}")
+    log = [line for line in (cut / "train_log.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
+    (cut / "train_log.jsonl").write_text("\n".join(log) + "\n")
+    return cut

@@ -5,13 +5,12 @@ lowers the cross-lingual KL → ``--resume`` reproduces the uninterrupted run's 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from tests.cli_helpers import REPO, step_losses, xdist
+from tests.cli_helpers import REPO, interrupted_copy, step_losses, xdist
 from tests.conftest import DATA_DIR
 
 pytestmark = [
@@ -179,11 +178,7 @@ def test_select_prepare_train_resume(job):
 
     # ---- resume from step 6 reproduces steps 7..12 exactly (fp32, dropout on).
     full, cut = root / "full", root / "cut"
-    shutil.copytree(full, cut)
-    shutil.rmtree(cut / "checkpoints" / "step12")
-    (cut / "checkpoints" / "latest").write_text("step6")
-    log = [line for line in (cut / "train_log.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 6]
-    (cut / "train_log.jsonl").write_text("\n".join(log) + "\n")
+    interrupted_copy(full, cut, 6)
     xdist("train", str(config), "--nproc", "2", "--set", f"train.output_dir={cut}", "--resume",
           "--set", "train.export=false")  # fmt: skip
     reference, resumed = step_losses(full), step_losses(cut)

@@ -8,13 +8,12 @@ whose logits are the branch's."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from tests.cli_helpers import REPO, step_losses, xdist
+from tests.cli_helpers import REPO, interrupted_copy, step_losses, xdist
 from tests.conftest import DATA_DIR
 from tests.mblm_helpers import tiny_classifier, wordpiece
 
@@ -131,12 +130,7 @@ def test_prepare_train_cache_resume_eval_export(job):
                                    rtol=1e-5, atol=1e-6)
 
     # ---- resume from step 5 reproduces steps 6..10 exactly (dropout and Dirichlet draws included).
-    cut = root / "cut"
-    shutil.copytree(full, cut)
-    shutil.rmtree(cut / "checkpoints" / "step10")
-    (cut / "checkpoints" / "latest").write_text("step5")
-    kept = [line for line in (cut / "train_log.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 5]
-    (cut / "train_log.jsonl").write_text("\n".join(kept) + "\n")
+    cut = interrupted_copy(full, root / "cut", 5)
     xdist("train", str(config), "--nproc", "2", "--set", f"train.output_dir={cut}", "--resume",
           "--set", "train.export=false")  # fmt: skip
     resumed = [json.loads(line) for line in (cut / "train_log.jsonl").read_text().splitlines()]

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from tests.cli_helpers import ENV, REPO, step_losses, xdist
+from tests.cli_helpers import ENV, REPO, interrupted_copy, step_losses, xdist
 from xdist.methods.teacher_cache import TeacherCache, _compress
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -158,15 +158,8 @@ def test_resume_inside_a_generation(job, tmp_path, partition):
     last = max(reference)
     assert reference[8]["kd/generation"] == 1.0 and reference[last]["kd/generation"] == 2.0
 
-    cut = tmp_path / "cut"
-    shutil.copytree(full, cut)
-    for tag in (cut / "checkpoints").glob("step*"):
-        if tag.name != "step8":
-            shutil.rmtree(tag)
-    (cut / "checkpoints" / "latest").write_text("step8")
+    cut = interrupted_copy(full, tmp_path / "cut", 8)
     shutil.rmtree(cut / "teachers" / "gen2")  # generation 2 has not begun at step 8
-    kept = [line for line in (cut / "train_log.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 8]
-    (cut / "train_log.jsonl").write_text("\n".join(kept) + "\n")
 
     xdist("train", str(job), *common, "--set", f"train.output_dir={cut}", "--resume")
     resumed = step_losses(cut)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.cli_helpers import ENV, HAS_DATA, REPO, step_losses, xdist
+from tests.cli_helpers import ENV, HAS_DATA, REPO, interrupted_copy, step_losses, xdist
 from tests.conftest import DATA_DIR
 
 pytestmark = [
@@ -104,12 +103,7 @@ def test_resume_continues_with_identical_losses(job, tmp_path):
     reference = step_losses(full)
 
     # The interrupted run: the state a run killed after its step-8 checkpoint leaves on disk.
-    cut = tmp_path / "cut"
-    shutil.copytree(full, cut)
-    shutil.rmtree(cut / "checkpoints" / "step16")
-    (cut / "checkpoints" / "latest").write_text("step8")
-    log = [line for line in (cut / "train_log.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 8]
-    (cut / "train_log.jsonl").write_text("\n".join(log) + "\n")
+    cut = interrupted_copy(full, tmp_path / "cut", 8)
 
     xdist("train", str(job), *common, "--set", f"train.output_dir={cut}", "--resume")
     resumed = step_losses(cut)

@@ -5,11 +5,10 @@ bar chart, TensorBoard) → ``xdist eval`` from the export reproduces it → com
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from tests.cli_helpers import REPO, step_losses, xdist
+from tests.cli_helpers import REPO, interrupted_copy, step_losses, xdist
 from tests.conftest import DATA_DIR
 
 pytestmark = [
@@ -104,11 +103,7 @@ def test_eval_from_the_export_reproduces_the_training_evaluation_and_compares(ru
 def test_resume_continues_with_identical_losses(run):
     root, config = run
     full, cut = root / "full", root / "cut"
-    shutil.copytree(full, cut)
-    shutil.rmtree(cut / "checkpoints" / "step16")
-    (cut / "checkpoints" / "latest").write_text("step8")
-    log = [line for line in (cut / "train_log.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 8]
-    (cut / "train_log.jsonl").write_text("\n".join(log) + "\n")
+    interrupted_copy(full, cut, 8)
     xdist("train", str(config), "--nproc", "2", "--set", f"train.output_dir={cut}", "--resume",
           "--set", "eval.sets=[]", "--set", "train.export=false")
     reference, resumed = step_losses(full), step_losses(cut)

@@ -362,9 +362,15 @@ class SetComparison:
     def summary(self) -> dict[str, dict[str, float | int | str | None]]:
         """Per run: its summary row, the run − baseline difference of each headline value, counts."""
         rows = {}
-        base = self.base
+        base, view, scopes = self.base, self.view, self.paired.scopes
         for run, result in self.results.items():
             row = dict(result.summary)
+            for scope, spec in scopes.items():
+                # A scope's macro column (an MBLM run's supervised/zero-shot languages) for a run that did not
+                # report it (the ordinary baseline): the mean of the group metric over the scope's groups.
+                key = f"{scope}_macro"
+                if key in view.columns and key not in row and spec.groups:
+                    row[key] = float(np.mean([result.groups[g][view.group_metric] for g in spec.groups]))
             for key in base.view.headline:
                 value, reference = result.summary.get(key), base.summary.get(key)
                 row[f"{key}_difference"] = None if value is None or reference is None else value - reference

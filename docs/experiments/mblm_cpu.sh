@@ -39,5 +39,5 @@ for k in 1 2; do
   done
 done
 xdist compare "${runs[@]}" --per-cell --out "$out/compare" > "$out/compare.md"
-cat "$out/timings.tsv"
+python docs/experiments/mblm_cpu_report.py "$out"   # the tables of docs/experiments/mblm_cpu.md
 echo "comparison: $out/compare.md"

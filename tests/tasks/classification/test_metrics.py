@@ -139,5 +139,9 @@ def test_branched_runs_report_supervised_and_zero_shot_apart_and_compare_with_an
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     assert tests["zero_shot"].n_nonzero == only_a + only_b
     assert tests["zero_shot"].p_value == pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue, rel=1e-12)
+    summary = comparison.sets["xnli"].summary()
+    base_accuracy = {lang: group["accuracy"] for lang, group in base.groups.items()}
+    assert summary["base"]["zero_shot_macro"] == pytest.approx((base_accuracy["de"] + base_accuracy["sw"]) / 2)
+    assert summary["mblm"]["supervised_macro"] == mblm.summary["supervised_macro"]
     markdown = comparison.to_markdown()
     assert "zero-shot acc" in markdown and "zero-shot languages (de, sw)" in markdown

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from xdist.evaluation.metrics import EvalSummary
 from xdist.evaluation.result import EvalResult, as_result
+from xdist.fileio import write_text_atomic
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -57,11 +58,9 @@ def check_file_name(kind: str, name: str, hint: str = "") -> str:
 
 
 def _write_json(path: Path, data: object) -> None:
-    """Write JSON atomically (temporary file + rename), so a reader never sees half a file."""
+    """Write JSON atomically (:func:`xdist.fileio.write_text_atomic`), so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def matrix_figure(

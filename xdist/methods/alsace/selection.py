@@ -49,6 +49,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from xdist.errors import UserError
+from xdist.fileio import write_text_atomic
 from xdist.methods.alsace.config import SelectionConfig
 
 TieBreak = Literal["probability", "lowest", "exclude"]
@@ -373,9 +374,7 @@ def write_selection(selection: Selection, output_dir: str | os.PathLike, *, char
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "selection.json"
-    temporary = path.with_name(".selection.json.tmp")
-    temporary.write_text(json.dumps(selection.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(selection.to_dict(), ensure_ascii=False, indent=2) + "\n")
     files = {"selection": path}
     if chart and selection.vote is not None:
         files["chart"] = output_dir / "selection.png"

@@ -19,6 +19,17 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+# Imported before any process group exists, on purpose. torch.distributed.nn.functional binds ``group.WORLD``
+# as the default argument of its collectives when it is first imported. transformers imports it (through
+# ``modeling_utils``); ``xdist select-teachers`` first imported transformers when it built its model, after
+# :func:`setup_distributed`: those defaults then held the world group after ``destroy_process_group``, so
+# :func:`cleanup` freed nothing and gloo's worker threads ran on into interpreter shutdown. A gloo worker
+# frees the Python tensors of a finished collective (about every other collective) and takes the GIL to do so;
+# during finalization Python ends such a thread with pthread_exit, whose unwinding through a noexcept C++
+# destructor aborts the process: "terminate called without an active exception", SIGABRT (seen on rank 1 of
+# ``xdist select-teachers``, which exits right after its last collective). Imported here, the defaults are None.
+import torch.distributed.nn  # noqa: F401  (see above; must stay before any init_process_group)
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -218,6 +229,9 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def cleanup() -> None:
-    """Destroy the process group if one exists (call at the end of a job; safe to call twice)."""
+    """Destroy the process group if one exists (call at the end of a job; safe to call twice).
+
+    Its backend threads are joined here, before interpreter shutdown, only if nothing else still references
+    the group (see the ``torch.distributed.nn`` import at the top of this module)."""
     if is_initialized():
         torch_dist.destroy_process_group()

@@ -6,6 +6,8 @@ The 2-rank build (each rank a share of the items) runs in the MBLM job.
 
 from __future__ import annotations
 
+import io
+import sys
 import weakref
 
 import pytest
@@ -132,3 +134,20 @@ def test_any_logits_shape_full_and_topk(shape, tmp_path):
     # The in-memory form SKD builds directly keeps working for any rank too.
     direct = TeacherCache([k for k, _ in items], "topk", shape[-1], 1.0, _compress(logits, shape[-1], 1.0))
     assert torch.equal(direct.logits(["k1"], torch.device("cpu")), logits[1:2])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bar_only_on_a_terminal(teachers, terminal, tmp_path, monkeypatch):
+    """In a log file (stderr not a terminal) the build draws no bar, only its log line; on a terminal it does."""
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    tokenizer, model = teachers["en"]
+    items = [(f"u{i}", pair) for i, pair in enumerate(PAIRS["en"])]
+    MultiTeacherCache.build({"en": lambda: _compute(model, tokenizer)}, {"en": items}, tmp_path, SOLO,
+                            fingerprints={"en": "x"}, batch_size=2)
+    assert ("teacher cache en" in stream.getvalue()) == terminal

@@ -29,6 +29,14 @@ def setup_logging(rank: int = 0) -> None:
     root.propagate = False
 
 
+def show_progress(is_main: bool, stream: Any = None) -> bool:
+    """Whether a tqdm bar should be drawn: on the main rank, and only when ``stream`` (stderr by default) is a
+    terminal. Written to a log file a bar is one long line of carriage returns and no information the log
+    lines do not already carry; the training bar (:class:`Progress`) follows the same rule."""
+    stream = sys.stderr if stream is None else stream
+    return is_main and bool(getattr(stream, "isatty", lambda: False)())
+
+
 class Monitor:
     """TensorBoard + console sink for one run. A no-op on non-main ranks."""
 
@@ -88,7 +96,7 @@ class TrainProgress:
         self.bar = None
         self._redirect = None
         stream = sys.stderr if stream is None else stream
-        if enabled and getattr(stream, "isatty", lambda: False)():
+        if show_progress(enabled, stream):
             from tqdm.auto import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 

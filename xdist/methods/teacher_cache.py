@@ -55,6 +55,7 @@ from xdist.data.shards import ArraySpec, Manifest, decode_sample, raw_samples
 from xdist.data.stream import Batch, collate
 from xdist.distributed import DistEnv, barrier
 from xdist.errors import UserError
+from xdist.monitor import show_progress
 from xdist.weights import is_partitioned
 
 log = logging.getLogger("xdist.cache")
@@ -137,7 +138,7 @@ def build_teacher_cache(
         batches = _batches(raw_samples([str(manifest.shard_path(s)) for s in shards]), manifest.fields, batch_size)
         collective = is_partitioned(teacher) and dist.world_size > 1
         padding = 0
-        with tqdm(total=sum(s.samples for s in shards), desc="teacher cache", disable=not dist.is_main,
+        with tqdm(total=sum(s.samples for s in shards), desc="teacher cache", disable=not show_progress(dist.is_main),
                   leave=False) as bar:
             for batch in (_in_step(batches, dist) if collective else batches):
                 if batch is None:  # this rank is done, another is not: a forward for the collective only
@@ -276,7 +277,7 @@ def build_text_teacher_cache(
         length = None
         if mine:
             compute = load_teacher()
-            with tqdm(total=len(mine), desc=f"teacher cache {directory.name}", disable=not dist.is_main,
+            with tqdm(total=len(mine), desc=f"teacher cache {directory.name}", disable=not show_progress(dist.is_main),
                       leave=False) as bar:
                 for start in range(0, len(mine), batch_size):
                     chunk = mine[start : start + batch_size]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from xdist.distributed import DistEnv, all_gather_object
 from xdist.methods.alsace.selection import Selection, SelectionError, selection_image, softmax, write_selection
 from xdist.methods.alsace.selection import scalars as selection_scalars
+from xdist.monitor import show_progress
 
 
 @torch.no_grad()
@@ -52,7 +53,9 @@ def predict_probabilities(
     mine = list(range(dist.rank, n, dist.world_size)) or [0]
     mine += [mine[-1]] * (per_rank - len(mine))  # padded rows are dropped when reassembling
     chunks = []
-    for lo in tqdm(range(0, per_rank, batch_size), desc="select-teachers", disable=not dist.is_main, leave=False):
+    bar = tqdm(range(0, per_rank, batch_size), desc="select-teachers", disable=not show_progress(dist.is_main),
+               leave=False)
+    for lo in bar:
         chosen = [rows[k] for k in mine[lo : lo + batch_size]]
         arrays = [features[languages[li]][i] for li, i in chosen]
         batch = {name: torch.from_numpy(np.stack([a[name] for a in arrays])).to(dist.device) for name in arrays[0]}

@@ -2,8 +2,9 @@
 # MBLM against the unbranched multilingual CE baseline on 2 CPU cores, through the CLI only
 # (docs/experiments/mblm_cpu.md has the results). Run from the repository root after `pip install -e .`,
 # with the XNLI dev set in $XDIST_DATA (`xdist data fetch xnli-dev`) and the mBERT tokenizer reachable.
-#   bash docs/experiments/mblm_cpu.sh            # ~30 min on 2 idle cores
-# Writes runs/mblm-cpu/: three teachers, the baseline, the students of the K x lambda sweep, compare/ and
+#   bash docs/experiments/mblm_cpu.sh            # ~35 min on 2 idle cores
+# Writes runs/mblm-cpu/: three teachers, the baseline, the K = 0 control (KD without branches), the
+# students of the K x lambda sweep, compare/ and
 # timings.tsv (wall seconds of each training run, model parameters).
 set -euo pipefail
 cfg=configs/mblm/cpu
@@ -31,6 +32,10 @@ done
 xdist prepare "$cfg/baseline.yaml"
 train baseline "$cfg/baseline.yaml"
 runs=("$out/baseline")
+# The control: K = 0 is the unbranched encoder distilled from the same teachers (every "branch" is empty, so
+# the mixture is the one representation and lambda changes nothing) -- KD without branches.
+train student-k0-l1 "$cfg/student.yaml" --set model.branches.layers=0 --set method.mblm.mixture_weight=1
+runs+=("$out/student-k0-l1")
 for k in 1 2; do
   for lambda in 0 1; do
     train "student-k$k-l$lambda" "$cfg/student.yaml" --set "model.branches.layers=$k" \

@@ -10,7 +10,9 @@ headers; nothing is unpickled). Prints markdown.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import statistics
 from pathlib import Path
 
 from safetensors import safe_open
@@ -29,6 +31,13 @@ def parameters(export: Path) -> int:
                     count *= dim
                 total += count
     return total
+
+
+def seconds_per_step(run: Path) -> float:
+    """Median wall seconds between consecutive optimizer steps (train_log.jsonl): the training step alone,
+    robust to the checkpoint and start-up pauses the total wall time includes."""
+    times = [json.loads(line)["time"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return statistics.median(b - a for a, b in itertools.pairwise(times))
 
 
 def main() -> None:
@@ -62,13 +71,13 @@ def main() -> None:
             cells.append(f"{p} ({only_student}/{test['n_nonzero'] - only_student})")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
-    print("\n| run | parameters | vs baseline | training wall s (incl. start-up, teacher pass, evaluation) |")
-    print("|---|---:|---:|---:|")
+    print("\n| run | parameters | vs baseline | median s/step | vs baseline | wall s (start-up, teacher pass, eval) |")
+    print("|---|---:|---:|---:|---:|---:|")
     timings = dict(line.split("\t")[:2] for line in (root / "timings.tsv").read_text().splitlines()[1:])
-    base = parameters(root / "baseline" / "export")
+    base, base_step = parameters(root / "baseline" / "export"), seconds_per_step(root / "baseline")
     for name in [n for n in timings if n.startswith("teacher")] + names:
-        count = parameters(root / name / "export")
-        print(f"| {name} | {count:,} | {count / base:.3f}× | {timings[name]} |")
+        count, step = parameters(root / name / "export"), seconds_per_step(root / name)
+        print(f"| {name} | {count:,} | {count / base:.3f}× | {step:.3f} | {step / base_step:.2f}× | {timings[name]} |")
 
     print("\nTeachers on their own language (held-out groups):\n")
     for lang in SUPERVISED:

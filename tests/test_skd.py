@@ -70,7 +70,12 @@ def test_generations_refresh_and_freeze_the_teacher(job, tmp_path, stage):
         assert check["loss_constant"] == pytest.approx(check["ce"] + check["kl"], rel=1e-5, abs=1e-6)
         assert check["loss_map"] == pytest.approx(check["ce"] + check["expected_coefficient"] * check["kl"],
                                                   rel=1e-5, abs=1e-6)
-        assert check["logged_kd"] == pytest.approx(check["kl"], rel=1e-5, abs=1e-7)
+        # The logged KD is the fp32 KL alone, with no CE beside it to widen the bound: KL is a difference of
+        # O(|log p|) ≈ 4.5 terms, so fp32 costs ~eps32·|log p|·T² absolute however small KL is (PyTorch's own
+        # fp32 KL was 3.5e-7 off float64 at KL = 0.032, T = 2, seed 1736876780; abs=1e-7 failed there). The bound
+        # is the one the span-KD kernel's own tests derive (tests/kernels/test_span_kd.py: atol 2e-6·T², rtol 2e-5).
+        T2 = check["temperature"] ** 2
+        assert check["logged_kd"] == pytest.approx(check["kl"], rel=2e-5, abs=2e-6 * T2)
 
 
 @pytest.mark.slow

@@ -159,7 +159,7 @@ def main(job: str, zero_json: str, out: str, mode: str = "replicated") -> None:
         method.cfg = replace(cfg.method, coefficient="constant")
         constant = method.step(engine, batch)
     record["check"] = {
-        "ce": ce, "kl": kl, "expected_coefficient": expected_coef,
+        "ce": ce, "kl": kl, "expected_coefficient": expected_coef, "temperature": T,
         "logged_coefficient": float(mapped.logs["kd/coefficient"]), "loss_map": mapped.loss.item(),
         "loss_constant": constant.loss.item(), "logged_kd": float(constant.logs["loss/kd"]),
     }

@@ -194,8 +194,10 @@ class SourceConfig:
     format's default."""
 
     group_language: str = "en"
-    """Classification, parallel sources: the language whose text keys the groups (the first if absent), so
-    every language's copy of an instance falls on the same side."""
+    """Classification, parallel sources: the language whose text keys the groups, so every language's copy
+    of an instance falls on the same side. Its copy is read for the keys even when ``languages`` leaves it
+    out, so configs reading different languages of one source split it identically (an error if the source
+    has no such copy; the read language itself only for a single file without a ``{lang}`` pattern)."""
 
     groups: Literal["all", "train", "eval"] = "all"
     """Classification: which side of the group split (``group_split``) to keep."""

@@ -84,6 +84,60 @@ def test_grouped_split_never_separates_a_premise_and_is_the_same_in_every_langua
     assert all(group_is_eval(g, build_split(0.3, 7)) for g in held_out)
 
 
+def test_a_subset_of_the_languages_splits_as_the_whole_source_does(data_dir):
+    # A teacher trained on de alone must not train on the instances its student (en, de, zh) holds out:
+    # the groups are keyed by the en premise even when en is not read.
+    for groups in ("train", "eval"):
+        cfg = source(name="xnli", format="xnli", path="xnli-dev", languages=["en", "de", "zh"], groups=groups)
+        whole = by_language(read_classification_source(cfg, root=str(data_dir)).examples)
+        for lang in ("de", "zh"):
+            alone = read_classification_source(
+                source(name="xnli", format="xnli", path="xnli-dev", languages=[lang], groups=groups),
+                root=str(data_dir),
+            ).examples
+            assert [e.uid for e in alone] == [e.uid for e in whole[lang]]
+            assert [e.group for e in alone] == [e.group for e in whole["en"]]  # the en premise, not the de one
+
+
+def test_a_split_keyed_by_a_language_the_source_lacks_is_refused(xnli_copy):
+    (xnli_copy / "dev-en.tsv").unlink()
+    cfg = source(name="x", format="xnli", path=str(xnli_copy), languages=["de"], groups="train")
+    with pytest.raises(DataError, match=r"keys each instance by its 'en' copy \(text_a\).*set 'group_language'"):
+        read_classification_source(cfg)
+    keyed_by_fr = source(name="x", format="xnli", path=str(xnli_copy), languages=["de"], groups="train",
+                         group_language="fr")
+    both = source(name="x", format="xnli", path=str(xnli_copy), languages=["fr", "de"], groups="train",
+                  group_language="fr")
+    assert ([e.uid for e in read_classification_source(keyed_by_fr).examples]
+            == [e.uid for e in by_language(read_classification_source(both).examples)["de"]])
+    # Without a split the key language is not needed.
+    assert len(read_classification_source(source(name="x", format="xnli", path=str(xnli_copy),
+                                                 languages=["de"])).examples) == 2490
+
+
+def test_the_key_copy_of_a_patterned_source_keys_the_split_and_drops_its_bad_rows(tmp_path):
+    # Premises repeat in pairs in en (rows 2k and 2k+1 share one) but are all distinct in sw: keyed by en,
+    # each pair falls on one side together, whichever languages are read.
+    for lang in ("en", "sw"):
+        rows = [{"text_a": f"{lang} premise {i // 2 if lang == 'en' else i}", "text_b": f"h{i}", "label": "yes"}
+                for i in range(40)]
+        if lang == "en":
+            rows[5] = {"text_a": "", "text_b": "h5", "label": "yes"}  # a bad key row
+        (tmp_path / f"{lang}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    common = {"name": "g", "format": "jsonl", "path": str(tmp_path / "{lang}.jsonl"), "labels": ["no", "yes"],
+              "parallel": True, "group_by": "text_a", "group_split": {"eval_fraction": 0.5}}
+    for groups in ("train", "eval"):
+        alone = read_classification_source(source(**common, languages=["sw"], groups=groups), bad_records="skip")
+        whole = read_classification_source(source(**common, languages=["en", "sw"], groups=groups),
+                                           bad_records="skip")
+        assert [e.uid for e in alone.examples] == [e.uid for e in by_language(whole.examples)["sw"]]
+        assert "g:5" not in {e.instance for e in alone.examples}
+        kept = {int(e.instance.split(":")[1]) for e in alone.examples}
+        assert all((i ^ 1) in kept for i in kept if i not in (4, 5))  # pairs stay together
+    with pytest.raises(DataError, match=r"en\.jsonl:6: column 'text_a' \(text_a\) is empty"):
+        read_classification_source(source(**common, languages=["sw"], groups="train"))
+
+
 def build_split(fraction, seed):
     return GroupSplitConfig(eval_fraction=fraction, seed=seed)
 

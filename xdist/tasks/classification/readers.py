@@ -10,7 +10,9 @@ What every reader guarantees (see :class:`xdist.config.SourceConfig`):
   skipped and counted per reason in a :class:`SkipReport`. In a parallel source a bad row drops its
   instance in *every* language (counted as ``parallel_copy``), so the languages stay aligned.
 * **Split by group, never by row** (:func:`group_is_eval`): XNLI's three hypotheses of one premise share a
-  group; the group key is read from ``group_language``'s copy, so all languages split identically.
+  group; the group key is read from ``group_language``'s copy — also when that language is not among the
+  languages read (its file is read for the keys alone) — so every language, and every config that reads
+  any subset of the languages, splits identically.
 * ``max_examples`` keeps the first N instances (after the split), the same ones in every language.
 """
 
@@ -21,7 +23,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +382,39 @@ def _parse_table(source: SourceConfig, table: _Table, columns: dict[str, str]) -
     return parsed
 
 
+_TEXT_GROUP_KEYS = ("text_a", "text_b", "premise")
+
+
+def _key_table(source: SourceConfig, root: str | None, tables: list[_Table]) -> _Table | None:
+    """``group_language``'s copy when the split keys groups by a text of it and this read leaves it out.
+
+    Without it the key would be the text of whichever language was read, and a config reading only ``de``
+    would put an instance on another side than a config reading ``en`` and ``de`` (a teacher trained on
+    the held-out rows of its student, say). None when a read language keys the split, the key is not a
+    text (ids and row numbers are the same in every language), or the source has no other copy to read
+    (one file without a ``{lang}`` pattern).
+    """
+    if (source.groups == "all" or not formats.is_parallel(source)
+            or formats.group_key(source) not in _TEXT_GROUP_KEYS
+            or any(t.language == source.group_language for t in tables)):
+        return None
+    patterned = "{lang}" in source.path or (source.format == "hf" and "{lang}" in (source.hf_config or ""))
+    if source.format not in _BUILTIN_FILES and not patterned:
+        return None
+    key_source = replace(source, languages=[source.group_language], language=None)
+    try:
+        if source.format in _BUILTIN_FILES:
+            return _builtin_tables(key_source, root)[0]
+        return _generic_tables(key_source, root)[0]
+    except (DataError, OSError) as err:
+        raise _fail(
+            source,
+            f"the {source.groups} split keys each instance by its {source.group_language!r} copy "
+            f"({formats.group_key(source)}), which could not be read ({err}); set 'group_language' to a "
+            "language this source has, the same in every config that reads it",
+        ) from err
+
+
 def _group_value(source: SourceConfig, fields: _Fields, key: str) -> str:
     by = formats.group_key(source)
     if by == "id" and fields.id is not None:
@@ -404,15 +439,19 @@ def read_classification_source(
         raise ValueError(f"bad_records must be 'error' or 'skip', got {bad_records!r}")
     tables = _builtin_tables(source, root) if source.format in _BUILTIN_FILES else _generic_tables(source, root)
     parallel = formats.is_parallel(source)
-    if parallel:
-        _check_parallel(source, tables)
     columns = _field_columns(source)
     fields = [_parse_table(source, table, columns) for table in tables]
+    # copies: the read languages' rows, plus group_language's when it is read only to key the split (its
+    # bad rows drop their instance, as they do in a config that reads that language).
+    key_table = _key_table(source, root, tables) if parallel else None
+    copy_tables = tables if key_table is None else [*tables, key_table]
+    copy_fields = fields if key_table is None else [*fields, _parse_table(source, key_table, columns)]
     if parallel:
-        _check_ids(source, fields, tables)
+        _check_parallel(source, copy_tables)
+        _check_ids(source, copy_fields, copy_tables)
 
     skipped = SkipReport()
-    for lang_fields in fields:
+    for lang_fields in copy_fields:
         for item in lang_fields:
             if isinstance(item, _BadRow):
                 if bad_records == "error":
@@ -420,19 +459,19 @@ def read_classification_source(
                 skipped.add(item.reason, str(item))
 
     languages = [table.language for table in tables]
-    group_index = next((i for i, t in enumerate(tables) if t.language == source.group_language), 0)
+    group_index = next((i for i, t in enumerate(copy_tables) if t.language == source.group_language), 0)
     examples: list[ClassificationExample] = []
     kept_instances = 0
     for t, table in enumerate(tables):
         kept = 0
         for i, item in enumerate(fields[t]):
             if parallel:
-                copies = [lang_fields[i] for lang_fields in fields]
+                copies = [lang_fields[i] for lang_fields in copy_fields]
                 if any(isinstance(c, _BadRow) for c in copies):
                     if isinstance(item, _Fields):
                         skipped.add("parallel_copy", f"{table.rows[i].where}: dropped with a bad parallel row")
                     continue
-                reference = fields[group_index][i]
+                reference = copy_fields[group_index][i]
                 key_fields = reference if isinstance(reference, _Fields) else item
                 ids = [c.id for c in copies if isinstance(c, _Fields) and c.id is not None]
                 key = ids[0] if ids else str(i)

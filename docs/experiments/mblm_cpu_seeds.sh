@@ -4,7 +4,7 @@
 # init, batch order, dropout), against the same three teachers. Through the CLI only; run from the
 # repository root after `pip install -e .`, with the XNLI dev set in $XDIST_DATA and the mBERT tokenizer
 # reachable, like mblm_cpu.sh.
-#   bash docs/experiments/mblm_cpu_seeds.sh      # ~35 min on 2 idle cores after mblm_cpu.sh (3 seeds x 4 runs)
+#   bash docs/experiments/mblm_cpu_seeds.sh      # 25-30 min per seed on 2 idle cores after mblm_cpu.sh (4 runs)
 #   SEEDS="1 2 42" bash docs/experiments/mblm_cpu_seeds.sh
 # Writes runs/mblm-cpu-seeds/s<seed>/{baseline,student-k0-l1,student-k2-l0,student-k2-l1,compare}/ and
 # reuses the teachers of runs/mblm-cpu/ (trains them first, seed 42, if they are not there): the spread

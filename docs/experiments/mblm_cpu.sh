@@ -2,7 +2,7 @@
 # MBLM against the unbranched multilingual CE baseline on 2 CPU cores, through the CLI only
 # (docs/experiments/mblm_cpu.md has the results). Run from the repository root after `pip install -e .`,
 # with the XNLI dev set in $XDIST_DATA (`xdist data fetch xnli-dev`) and the mBERT tokenizer reachable.
-#   bash docs/experiments/mblm_cpu.sh            # 35-60 min on 2 idle cores (9 training runs of 2-8 min)
+#   bash docs/experiments/mblm_cpu.sh            # 30-55 min on 2 idle cores (9 training runs of 2-8 min each)
 # Writes runs/mblm-cpu/: three teachers, the baseline, the K = 0 control (KD without branches), the
 # students of the K x lambda sweep, compare/ and
 # timings.tsv (wall seconds of each training run, model parameters).
